@@ -1,0 +1,15 @@
+"""Every test gets its own VOICEFW_HOME and DAGSTER_HOME: real files, nothing shared."""
+
+import pytest
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    vf = tmp_path / "voicefw"
+    dh = tmp_path / "dagster_home"
+    vf.mkdir()
+    dh.mkdir()
+    (dh / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("VOICEFW_HOME", str(vf))
+    monkeypatch.setenv("DAGSTER_HOME", str(dh))
+    return vf

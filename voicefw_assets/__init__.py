@@ -1,0 +1,1 @@
+"""voicefw: CDRs from many operators -> canonical tables -> features -> flash-call model."""

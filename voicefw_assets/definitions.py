@@ -1,0 +1,12 @@
+"""The code location: every asset, check, job, sensor and resource of voicefw."""
+
+from dagster import Definitions
+
+from resources import default_resources
+from voicefw_assets.assets.ingest import ingest_assets, ingest_job
+
+defs = Definitions(
+    assets=[*ingest_assets],
+    jobs=[ingest_job],
+    resources=default_resources(),
+)
