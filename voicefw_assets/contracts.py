@@ -49,15 +49,24 @@ CREATE TABLE IF NOT EXISTS rejected_cdrs (
 );
 CREATE TABLE IF NOT EXISTS landing_files (
     operator VARCHAR NOT NULL,
-    path VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,          -- the raw layer is the landed file itself, immutable, checked by sha256
     size BIGINT NOT NULL,
     mtime_ns BIGINT NOT NULL,
     sha256 VARCHAR,
-    status VARCHAR NOT NULL,  -- loaded | empty | duplicate | quarantined
-    rows BIGINT NOT NULL,
-    dates DATE[],
+    status VARCHAR NOT NULL,        -- loaded | empty | duplicate | quarantined
+    rows BIGINT NOT NULL,           -- data rows incl. malformed lines (not header or extra header rows)
+    columns VARCHAR[],              -- the file's column names, as read
+    home_date DATE,                 -- where rows without a readable in-range start time go (to be rejected)
     detail VARCHAR,
-    loaded_at TIMESTAMPTZ NOT NULL
+    registered_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS landing_file_days (path VARCHAR NOT NULL, partition_date DATE NOT NULL, rows BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS landing_file_rejects (
+    path VARCHAR NOT NULL,
+    line BIGINT NOT NULL,            -- physical line in the file
+    accepted_before BIGINT NOT NULL, -- parsed rows before it, to number the parsed rows' lines
+    csv_line VARCHAR,
+    error VARCHAR
 );
 """
 

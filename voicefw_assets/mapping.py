@@ -1,10 +1,14 @@
 """From landed files to canonical rows, all in DuckDB SQL generated from an operator config.
 
+The raw layer is the landed files themselves (immutable, sha256 in a manifest), read through
+`raw_select`: every source column as text plus source_file, source_line and partition_date.
+Copying 5 M rows of text into DuckDB costs 5x a scan of the CSV (measured, docs/measurements.md),
+so raw rows are not copied; they are parsed where they are needed.
+
 Two steps, both idempotent:
-- `sync_landing` loads every new or changed file of an operator into `raw.<operator>` (every
-  source column as text, plus source_file, source_line, partition_date). Each file is read once;
-  a file that cannot be read is quarantined with a reason; a file whose bytes equal an already
-  loaded one is quarantined as a duplicate (its rows are already in).
+- `sync_landing` registers every new or changed file of an operator (one scan: the days it
+  touches, its row counts, its malformed lines). A file that cannot be read is quarantined with
+  a reason; a file whose bytes equal an already registered one is quarantined as a duplicate.
 - `map_partition` turns one operator-day of raw rows into `mapped_cdrs` and `rejected_cdrs`
   (delete-then-insert in one transaction). Every raw row lands in exactly one of the two.
 """
@@ -27,7 +31,6 @@ from voicefw_assets.contracts import MAPPED_COLUMNS, WAREHOUSE_DDL
 from voicefw_assets.operators import DISPOSITIONS, RELEASE_SIDES, FieldSpec, NumberPlan, OperatorConfig
 from voicefw_assets.settings import first_partition_date
 
-META_COLUMNS = ("source_file", "source_line", "partition_date", "parse_error", "raw_line")
 _UNIT_DIVISOR = {"s": 1, "ms": 1_000, "us": 1_000_000}
 _MAX_EPOCH_S = 4_102_444_800  # 2100-01-01: beyond it an epoch value is a unit mistake, not a time
 
@@ -49,31 +52,39 @@ def lit(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def raw_table(operator: str) -> str:
+def one_of(expr: str, values) -> str:
+    """`expr IN (...)` without the hash join DuckDB plans for IN lists (it costs seconds per million rows)."""
+    return f"list_contains([{', '.join(lit(v) for v in values)}], {expr})"
+
+
+def raw_view(operator: str) -> str:
     return f"raw.{q(operator)}"
 
 
 # ---------------------------------------------------------------- SQL for one field
 
 
-def e164_sql(expr: str, plan: NumberPlan) -> str:
-    """E.164 ('+' and 7-15 digits) from an operator's number text, or NULL; vectorized SQL, no Python.
-
-    Strips URI decoration (sip:, tel:, @host, ;params), the '(0)' trunk hint, spaces, dashes,
-    dots, slashes and brackets; then applies the plan: '+' kept, international prefix replaced by
-    '+', national prefix replaced by '+<country code>', anything else per `unprefixed`.
-    """
-    cleaned = (
+def clean_number_sql(expr: str) -> str:
+    """Number text without URI decoration (sip:, tel:, @host, ;params), the '(0)' trunk hint,
+    spaces, dashes, dots, slashes and brackets."""
+    return (
         f"regexp_replace(replace(regexp_replace(lower({expr}), '^(sips?|tel):|[@;].*$', '', 'g'), '(0)', ''),"
         " '[\\s\\-./()]', '', 'g')"
     )
-    intl, nat, cc = plan.international_prefix, plan.national_prefix, plan.country_code or ""
-    branches = [f"WHEN c LIKE '+%' THEN c", f"WHEN c LIKE {lit(intl + '%')} THEN '+' || c[{len(intl) + 1}:]"]
-    if nat:
-        branches.append(f"WHEN c LIKE {lit(nat + '%')} THEN '+{cc}' || c[{len(nat) + 1}:]")
-    branches.append("ELSE '+' || c" if plan.unprefixed == "international" else f"ELSE '+{cc}' || c")
-    candidate = f"(SELECT CASE {' '.join(branches)} END FROM (SELECT {cleaned} AS c))"
-    return f"(SELECT CASE WHEN regexp_full_match(n, '\\+[1-9][0-9]{{6,14}}') THEN n END FROM (SELECT {candidate} AS n))"
+
+
+def e164_sql(expr: str, plan: NumberPlan) -> str:
+    """E.164 ('+' and 7-15 digits) or NULL, as one chain of regexp steps over the cleaned number:
+    international prefix -> '+', national prefix -> '+<country code>', anything else per
+    `unprefixed`. A chain references its input once: DuckDB inlines every reference to a
+    sub-expression, so a CASE over the cleaned number would run its regexps five times per row."""
+    n = clean_number_sql(expr)
+    cc = plan.country_code or ""
+    n = f"regexp_replace({n}, '^{plan.international_prefix}', '+')"
+    if plan.national_prefix:
+        n = f"regexp_replace({n}, '^{plan.national_prefix}', '+{cc}')"
+    n = f"regexp_replace({n}, '^([^+])', '{'+' if plan.unprefixed == 'international' else '+' + cc}\\1')"
+    return f"nullif(regexp_extract({n}, '^(\\+[1-9][0-9]{{6,14}})$', 1), '')"
 
 
 def _base(spec: FieldSpec) -> str:
@@ -82,7 +93,9 @@ def _base(spec: FieldSpec) -> str:
         return lit(spec.value)
     expr = f"CAST(({spec.sql}) AS VARCHAR)" if spec.sql is not None else q(spec.column)
     nulls = [""] + list(spec.null_if) + (["0"] if spec.zero_is_null else [])
-    return f"(CASE WHEN trim({expr}) IN ({', '.join(lit(n) for n in nulls)}) THEN NULL ELSE trim({expr}) END)"
+    if len(nulls) == 1:
+        return f"nullif(trim({expr}), '')"
+    return f"(SELECT CASE WHEN {one_of('t', nulls)} THEN NULL ELSE t END FROM (SELECT trim({expr}) AS t))"
 
 
 def _time(raw: str, spec: FieldSpec, tz: str) -> str:
@@ -90,6 +103,8 @@ def _time(raw: str, spec: FieldSpec, tz: str) -> str:
     if spec.time == "epoch":
         v = f"(try_cast({raw} AS DOUBLE) / {_UNIT_DIVISOR[spec.unit]})"
         return f"(CASE WHEN {v} BETWEEN 0 AND {_MAX_EPOCH_S} THEN to_timestamp({v}) END)"
+    if spec.time == "iso8601" and tz == "UTC":  # offset-less text is UTC too: one cast
+        return f"try_cast({raw} AS TIMESTAMPTZ)"
     if spec.time == "iso8601":
         return (
             f"(CASE WHEN regexp_matches({raw}, '(Z|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$') THEN try_cast({raw} AS TIMESTAMPTZ)"
@@ -103,7 +118,7 @@ def _mapped(raw: str, spec: FieldSpec) -> str:
         return raw
     cases = " ".join(f"WHEN {lit(k.upper())} THEN {lit(v)}" for k, v in spec.map.items())
     default = lit(spec.default) if spec.default is not None else "NULL"
-    return f"(CASE WHEN {raw} IS NULL THEN NULL ELSE (CASE upper({raw}) {cases} ELSE {default} END) END)"
+    return f"(CASE upper(coalesce({raw}, chr(0))) {cases} WHEN chr(0) THEN NULL ELSE {default} END)"  # one reference to raw
 
 
 def _seconds(raw: str, spec: FieldSpec) -> str:
@@ -185,6 +200,8 @@ def read_csv_sql(config: OperatorConfig, path: Path, columns: list[str], rejects
     ]
     if rejects:
         opts += ["store_rejects = true", f"rejects_table = {lit(rejects + '_errors')}", f"rejects_scan = {lit(rejects + '_scans')}"]
+    else:  # the same lines a registering scan recorded as rejects are skipped here
+        opts.append("ignore_errors = true")
     return f"read_csv({', '.join(opts)})"
 
 
@@ -194,26 +211,69 @@ def partition_range() -> tuple[date, date]:
     return date.fromisoformat(first_partition_date()), today + timedelta(days=1)
 
 
-def peek_file_dates(config: OperatorConfig, path: Path) -> set[date]:
-    """The UTC days a file's calls start on, reading only its start-time column (for the sensor)."""
-    if path.stat().st_size == 0:
-        return set()
+@dataclass
+class FileScan:
+    """What one scan of a landed file tells: its columns, rows per UTC start day, malformed lines."""
+
+    columns: list[str]
+    day_rows: dict[date, int]  # rows per partition day, unreadable/out-of-range starts counted on home_date
+    rejects: list[tuple[int, int, str | None, str]]  # (line, accepted_before, csv_line, error)
+    home_date: date | None
+
+    @property
+    def rows(self) -> int:
+        return sum(self.day_rows.values())
+
+
+def scan_file(con: duckdb.DuckDBPyConnection, config: OperatorConfig, path: Path) -> FileScan:
+    """One pass over a file with DuckDB's CSV reader; raises UnreadableFile with the reason."""
     columns = file_columns(config, path)
+    missing = referenced_columns(config) - set(columns)
+    if missing:
+        raise UnreadableFile(f"missing columns the config needs: {sorted(missing)}")
     start = field_sql(config)["start_time"].typed
     lo, hi = partition_range()
-    con = duckdb.connect()
+    rej = "rej_" + hashlib.md5(str(path).encode()).hexdigest()[:12]
+    header = 1 if config.csv.header else 0
     try:
-        con.execute("SET TimeZone = 'UTC'")
-        rows = con.execute(
-            f"SELECT DISTINCT CAST({start} AS DATE) AS d FROM {read_csv_sql(config, path, columns, 'peek')}"
-            f" WHERE d BETWEEN ? AND ?",
+        days = con.execute(
+            f"""SELECT CASE WHEN d BETWEEN ? AND ? THEN d END AS day, count(*)
+                FROM (SELECT CAST({start} AS DATE) AS d FROM {read_csv_sql(config, path, columns, rej)} WITH ORDINALITY
+                      WHERE ordinality > {config.csv.extra_header_rows})
+                GROUP BY day""",
             [lo, hi],
+        ).fetchall()
+        rejects = con.execute(
+            f"""SELECT line, line - {header} - row_number() OVER (ORDER BY line) AS accepted_before, csv_line, err
+                FROM (SELECT line, max(csv_line) AS csv_line, max(error_type || ': ' || error_message) AS err
+                      FROM {rej}_errors GROUP BY line)
+                ORDER BY line"""
         ).fetchall()
     except duckdb.Error as exc:
         raise UnreadableFile(_short(exc)) from exc
     finally:
+        for t in (f"{rej}_errors", f"{rej}_scans"):
+            con.execute(f"DROP TABLE IF EXISTS {t}")
+    day_rows = {d: n for d, n in days if d is not None}
+    unplaced = sum(n for d, n in days if d is None) + len(rejects)
+    home = min(day_rows, default=None)
+    if unplaced and home is None:
+        raise UnreadableFile(f"no row has a start time on a partition day ({lo} .. {hi}); nothing to assign its rows to")
+    if unplaced:
+        day_rows[home] += unplaced
+    return FileScan(columns, day_rows, rejects, home)
+
+
+def peek_file_dates(config: OperatorConfig, path: Path) -> set[date]:
+    """The UTC days a file's rows belong to (what the sensor needs to pick partitions)."""
+    if path.stat().st_size == 0:
+        return set()
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        return set(scan_file(con, config, path).day_rows)
+    finally:
         con.close()
-    return {r[0] for r in rows}
 
 
 def _short(exc: Exception) -> str:
@@ -228,7 +288,7 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-# ---------------------------------------------------------------- loading raw
+# ---------------------------------------------------------------- registering files (the raw layer)
 
 
 @dataclass
@@ -239,76 +299,8 @@ class SyncReport:
     dates_touched: set[date] = field(default_factory=set)
 
 
-def load_file(con: duckdb.DuckDBPyConnection, config: OperatorConfig, path: Path) -> tuple[int, set[date]]:
-    """Replace the file's rows in raw.<operator>; returns (rows, days). Raises UnreadableFile.
-
-    Runs inside the caller's transaction. Line numbers come from the scan's ordinality, shifted
-    past header rows and past the lines DuckDB's CSV reader rejected (those are kept as rows too,
-    with parse_error and the raw line, so they can be rejected downstream with a reason).
-    """
-    table = raw_table(config.name)
-    src = str(path)
-    columns = file_columns(config, path)
-    missing = referenced_columns(config) - set(columns)
-    if missing:
-        raise UnreadableFile(f"missing columns the config needs: {sorted(missing)}")
-    con.execute(f"CREATE TABLE IF NOT EXISTS {table} (source_file VARCHAR, source_line BIGINT, partition_date DATE, parse_error VARCHAR, raw_line VARCHAR)")
-    existing = {r[0] for r in con.execute(f"SELECT column_name FROM duckdb_columns() WHERE schema_name = 'raw' AND table_name = ?", [config.name]).fetchall()}
-    for c in columns:
-        if c not in existing:
-            con.execute(f"ALTER TABLE {table} ADD COLUMN {q(c)} VARCHAR")
-    con.execute(f"DELETE FROM {table} WHERE source_file = ?", [src])
-
-    header_lines = 1 if config.csv.header else 0
-    skip = config.csv.extra_header_rows
-    start = field_sql(config)["start_time"].typed
-    lo, hi = partition_range()
-    rej = "rej_" + hashlib.md5(src.encode()).hexdigest()[:12]
-    select_cols = ", ".join(q(c) for c in columns)
-    try:
-        con.execute(
-            f"""INSERT INTO {table} BY NAME
-            SELECT {select_cols}, {lit(src)} AS source_file, ordinality AS source_line,
-                   CASE WHEN CAST({start} AS DATE) BETWEEN {lit(lo)} AND {lit(hi)} THEN CAST({start} AS DATE) END AS partition_date
-            FROM {read_csv_sql(config, path, columns, rej)} WITH ORDINALITY
-            WHERE ordinality > {skip}"""
-        )
-        n_bad = con.execute(f"SELECT count(DISTINCT line) FROM {rej}_errors").fetchone()[0]
-    except duckdb.Error as exc:
-        raise UnreadableFile(_short(exc)) from exc
-    if n_bad:
-        # accepted row k sits on line header + k + (rejected lines before it); reject i (rank) has r_i - header - i accepted rows before it
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _bad AS
-            SELECT line, max(csv_line) AS csv_line, any_value(error_type || ': ' || error_message) AS err,
-                   line - {header_lines} - row_number() OVER (ORDER BY line) AS accepted_before
-            FROM {rej}_errors GROUP BY line"""
-        )
-        con.execute(
-            f"""UPDATE {table} SET source_line = source_line + {header_lines}
-                + (SELECT count(*) FROM _bad WHERE _bad.accepted_before < {table}.source_line)
-            WHERE source_file = ?""",
-            [src],
-        )
-        con.execute(
-            f"""INSERT INTO {table} BY NAME SELECT {lit(src)} AS source_file, line AS source_line, err AS parse_error, csv_line AS raw_line FROM _bad"""
-        )
-    elif header_lines:
-        con.execute(f"UPDATE {table} SET source_line = source_line + {header_lines} WHERE source_file = ?", [src])
-    for t in (f"{rej}_errors", f"{rej}_scans"):
-        con.execute(f"DROP TABLE IF EXISTS {t}")
-
-    rows, home = con.execute(f"SELECT count(*), min(partition_date) FROM {table} WHERE source_file = ?", [src]).fetchone()
-    if rows and home is None:
-        raise UnreadableFile(f"no row has a start time on a partition day ({lo} .. {hi}); nothing to assign its rows to")
-    # rows whose start time is unreadable or out of range go to the file's first day, to be rejected there
-    con.execute(f"UPDATE {table} SET partition_date = ? WHERE source_file = ? AND partition_date IS NULL", [home, src])
-    days = {r[0] for r in con.execute(f"SELECT DISTINCT partition_date FROM {table} WHERE source_file = ?", [src]).fetchall()}
-    return rows, days
-
-
 def sync_landing(con: duckdb.DuckDBPyConnection, config: OperatorConfig, landing, log=None) -> SyncReport:
-    """Load every new or changed file of one operator; quarantine what cannot be loaded."""
+    """Register every new or changed file of one operator; quarantine what cannot be read."""
     ensure_warehouse(con)
     report = SyncReport()
     for stray in landing.unmatched_files(config.name, config.file_patterns):
@@ -318,7 +310,9 @@ def sync_landing(con: duckdb.DuckDBPyConnection, config: OperatorConfig, landing
     known = {
         r[0]: r[1:]
         for r in con.execute(
-            "SELECT path, size, mtime_ns, sha256, dates FROM landing_files WHERE operator = ? AND status IN ('loaded', 'empty')",
+            """SELECT f.path, size, mtime_ns, sha256, list(d.partition_date) FILTER (WHERE d.partition_date IS NOT NULL)
+               FROM landing_files f LEFT JOIN landing_file_days d USING (path)
+               WHERE operator = ? AND status IN ('loaded', 'empty') GROUP BY ALL""",
             [config.name],
         ).fetchall()
     }
@@ -328,52 +322,132 @@ def sync_landing(con: duckdb.DuckDBPyConnection, config: OperatorConfig, landing
             report.unchanged += 1
             continue
         digest = sha256_of(f.path)
-        twin = next((p for p, (_, _, h, _) in known.items() if h == digest and p != src and Path(p).exists()), None)
         if src in known and known[src][2] == digest:  # touched, same bytes: nothing changes
             con.execute("UPDATE landing_files SET size = ?, mtime_ns = ? WHERE path = ?", [f.size, f.mtime_ns, src])
             report.unchanged += 1
             continue
-        con.execute("BEGIN TRANSACTION")
+        twin = next((p for p, k in known.items() if k[2] == digest and p != src and Path(p).exists()), None)
         try:
             if twin is not None:
-                raise UnreadableFile(f"duplicate: same bytes (sha256 {digest[:12]}) as already loaded {twin}")
-            old_days = set(known.get(src, (None, None, None, []))[3] or [])
-            rows, days = (0, set()) if f.size == 0 else load_file(con, config, f.path)
-            _record(con, f, digest, "empty" if rows == 0 else "loaded", rows, days, None)
-            con.execute("COMMIT")
+                raise UnreadableFile(f"duplicate: same bytes (sha256 {digest[:12]}) as already registered {twin}")
+            scan = FileScan([], {}, [], None) if f.size == 0 else scan_file(con, config, f.path)
         except UnreadableFile as exc:
-            con.execute("ROLLBACK")
             reason = str(exc)
             landing.quarantine(f.path, reason, config.name)
-            _record(con, f, digest, "duplicate" if reason.startswith("duplicate") else "quarantined", 0, set(), reason)
+            _register(con, f, digest, "duplicate" if twin else "quarantined", None, reason)
             report.quarantined[src] = reason
             if log:
                 log.warning(f"quarantined {src}: {reason}")
             continue
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        report.loaded[src] = rows
-        report.dates_touched |= days | old_days
-        known[src] = (f.size, f.mtime_ns, digest, list(days))
+        _register(con, f, digest, "loaded" if scan.rows else "empty", scan, None)
+        report.loaded[src] = scan.rows
+        report.dates_touched |= set(scan.day_rows) | set(known.get(src, (0, 0, "", []))[3] or [])
+        known[src] = (f.size, f.mtime_ns, digest, list(scan.day_rows))
+    if report.loaded or report.quarantined:
+        _refresh_raw_view(con, config)
     return report
 
 
-def _record(con, f, digest, status, rows, days, detail) -> None:
-    con.execute("DELETE FROM landing_files WHERE path = ?", [str(f.path)])
-    con.execute(
-        "INSERT INTO landing_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-        [f.operator, str(f.path), f.size, f.mtime_ns, digest, status, rows, sorted(days), detail],
-    )
+def _register(con, f, digest: str, status: str, scan: FileScan | None, detail: str | None) -> None:
+    """Replace the manifest rows of one file, atomically."""
+    src = str(f.path)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table in ("landing_files", "landing_file_days", "landing_file_rejects"):
+            con.execute(f"DELETE FROM {table} WHERE path = ?", [src])
+        con.execute(
+            "INSERT INTO landing_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+            [f.operator, src, f.size, f.mtime_ns, digest, status, scan.rows if scan else 0,
+             scan.columns if scan else None, scan.home_date if scan else None, detail],
+        )
+        if scan:
+            if scan.day_rows:
+                con.executemany("INSERT INTO landing_file_days VALUES (?, ?, ?)", [[src, d, n] for d, n in scan.day_rows.items()])
+            if scan.rejects:
+                con.executemany("INSERT INTO landing_file_rejects VALUES (?, ?, ?, ?, ?)", [[src, *r] for r in scan.rejects])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+@dataclass(frozen=True)
+class RegisteredFile:
+    path: str
+    columns: list[str]
+    home_date: date
+    has_rejects: bool
+
+
+def registered_files(con: duckdb.DuckDBPyConnection, operator: str, day: date | None = None) -> list[RegisteredFile]:
+    """Files of the operator in the raw layer (all, or those with rows on `day`)."""
+    rows = con.execute(
+        """SELECT path, columns, home_date, EXISTS (SELECT 1 FROM landing_file_rejects r WHERE r.path = f.path)
+           FROM landing_files f WHERE operator = ? AND status = 'loaded'
+           AND (CAST(? AS DATE) IS NULL OR EXISTS (SELECT 1 FROM landing_file_days d WHERE d.path = f.path AND d.partition_date = ?))
+           ORDER BY path""",
+        [operator, day, day],
+    ).fetchall()
+    return [RegisteredFile(*r) for r in rows]
+
+
+def raw_select(config: OperatorConfig, files: list[RegisteredFile], day: date | None = None) -> str:
+    """SELECT of raw rows: every source column as text, source_file, source_line, partition_date,
+    start_parsed (the start time as the mapping reads it, parsed once), and for lines the CSV
+    reader could not split, parse_error and raw_line."""
+    if not files:
+        return (
+            "SELECT NULL::VARCHAR AS source_file, NULL::BIGINT AS source_line, NULL::DATE AS partition_date,"
+            " NULL::TIMESTAMPTZ AS start_parsed, NULL::VARCHAR AS parse_error, NULL::VARCHAR AS raw_line WHERE false"
+        )
+    start = field_sql(config)["start_time"].typed
+    lo, hi = partition_range()
+    header = 1 if config.csv.header else 0
+    parts = []
+    for f in files:
+        line = f"ordinality + {header}"
+        if f.has_rejects:  # shift past the malformed lines before this row
+            line += f" + (SELECT count(*) FROM landing_file_rejects r WHERE r.path = {lit(f.path)} AND r.accepted_before < ordinality)"
+        parts.append(
+            f"""SELECT *, coalesce(CASE WHEN CAST(start_parsed AS DATE) BETWEEN {lit(lo)} AND {lit(hi)} THEN CAST(start_parsed AS DATE) END,
+                                {lit(f.home_date)}::DATE) AS partition_date
+            FROM (SELECT {", ".join(q(c) for c in f.columns)}, {lit(f.path)} AS source_file, {line} AS source_line,
+                         {start} AS start_parsed, NULL::VARCHAR AS parse_error, NULL::VARCHAR AS raw_line
+                  FROM {read_csv_sql(config, Path(f.path), f.columns)} WITH ORDINALITY WHERE ordinality > {config.csv.extra_header_rows})"""
+        )
+    paths = ", ".join(lit(f.path) for f in files if f.has_rejects)
+    if paths:
+        parts.append(
+            f"""SELECT r.path AS source_file, r.line AS source_line, f.home_date AS partition_date, NULL::TIMESTAMPTZ AS start_parsed,
+                       r.error AS parse_error, r.csv_line AS raw_line
+            FROM landing_file_rejects r JOIN landing_files f USING (path) WHERE r.path IN ({paths})"""
+        )
+    union = "\nUNION ALL BY NAME\n".join(f"({p})" for p in parts)
+    return f"SELECT * FROM ({union})" + (f" WHERE partition_date = {lit(day)}" if day else "")
+
+
+def _refresh_raw_view(con: duckdb.DuckDBPyConnection, config: OperatorConfig) -> None:
+    """raw.<operator>: a view over the operator's registered files, for ad-hoc queries and the UI."""
+    files = registered_files(con, config.name)
+    con.execute(f"CREATE OR REPLACE VIEW {raw_view(config.name)} AS {raw_select(config, files)}")
+
+
+def raw_rows(con: duckdb.DuckDBPyConnection, operator: str, day: date) -> int:
+    """Raw rows of an operator-day, from the manifest (no file is read)."""
+    return con.execute(
+        """SELECT coalesce(sum(d.rows), 0) FROM landing_file_days d JOIN landing_files f USING (path)
+           WHERE f.operator = ? AND f.status = 'loaded' AND d.partition_date = ?""",
+        [operator, day],
+    ).fetchone()[0]
 
 
 # ---------------------------------------------------------------- mapping
 
 
-def mapping_select(config: OperatorConfig, day: date) -> str:
-    """SELECT producing every raw row of the operator-day with canonical columns and a reject reason."""
+def mapping_select(config: OperatorConfig, files: list[RegisteredFile], day: date) -> str:
+    """Every raw row of the operator-day with canonical columns and a reject reason (NULL = mapped)."""
     fs = field_sql(config)
-    table = raw_table(config.name)
+    source_cols = sorted({c for f in files for c in f.columns})
 
     def typed(name: str, default: str = "NULL") -> str:
         return fs[name].typed if name in fs else default
@@ -381,13 +455,6 @@ def mapping_select(config: OperatorConfig, day: date) -> str:
     def raw(name: str) -> str:
         return fs[name].raw if name in fs else "NULL"
 
-    duration = (
-        "CASE WHEN answered THEN coalesce(duration_s_src, epoch(end_time - answer_time)) ELSE 0 END"
-        if "duration_s" in fs
-        else "CASE WHEN answered THEN epoch(end_time - answer_time) ELSE 0 END"
-    )
-    ring = "ring_s_src" if "ring_s" in fs else "epoch(coalesce(answer_time, end_time) - start_time)"
-    withheld = ", ".join(lit(w) for w in config.numbers.withheld)
     checks = [
         ("parse_error IS NOT NULL", "'malformed CSV line: ' || parse_error"),
         *[(f"coalesce(rule_{i}, false)", lit(r.reason)) for i, r in enumerate(config.reject_if)],
@@ -400,11 +467,11 @@ def mapping_select(config: OperatorConfig, day: date) -> str:
         ("answer_time < start_time OR answer_time > end_time", "'answer_time outside start_time..end_time'"),
         ("b_number__raw IS NULL", "'missing b_number'"),
         ("b_number IS NULL", "'b_number not convertible to E.164: ' || b_number__raw"),
-        (f"a_number IS NULL AND a_number__raw IS NOT NULL AND lower(a_number__raw) NOT IN ({withheld})", "'a_number not convertible to E.164: ' || a_number__raw"),
+        (f"a_number IS NULL AND a_number__raw IS NOT NULL AND NOT {one_of('lower(a_number__raw)', config.numbers.withheld)}", "'a_number not convertible to E.164: ' || a_number__raw"),
         ("disposition IS NULL", "'unmapped disposition: ' || coalesce(disposition__raw, '(empty)')"),
-        (f"disposition NOT IN ({', '.join(lit(d) for d in DISPOSITIONS)})", "'disposition ' || disposition || ' is not canonical'"),
+        (f"NOT {one_of('disposition', DISPOSITIONS)}", "'disposition ' || disposition || ' is not canonical'"),
         ("(disposition = 'answered') <> (answer_time IS NOT NULL)", "'disposition ' || disposition || ' contradicts answer_time'"),
-        (f"release_side NOT IN ({', '.join(lit(r) for r in RELEASE_SIDES)}) OR release_side IS NULL", "'bad release_side: ' || coalesce(release_side__raw, '(empty)')"),
+        (f"release_side IS NULL OR NOT {one_of('release_side', RELEASE_SIDES)}", "'bad release_side: ' || coalesce(release_side__raw, '(empty)')"),
         ("sip_code__raw IS NOT NULL AND (sip_code IS NULL OR sip_code NOT BETWEEN 100 AND 699)", "'bad sip_code: ' || sip_code__raw"),
         ("q850_cause__raw IS NOT NULL AND (q850_cause IS NULL OR q850_cause NOT BETWEEN 0 AND 127)", "'bad q850_cause: ' || q850_cause__raw"),
         ("duration_s__raw IS NOT NULL AND duration_s_src IS NULL", "'bad duration_s: ' || duration_s__raw"),
@@ -413,32 +480,51 @@ def mapping_select(config: OperatorConfig, day: date) -> str:
     ]
     reason = "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r in checks) + " END"
     defaults = {"release_side": "'unknown'"}
+    fs["start_time"].typed = "start_parsed"  # parsed once, in raw_select
     parsed_cols = ",\n".join(
         f"{raw(n)} AS {n}__raw, {typed(n, defaults.get(n, 'NULL'))} AS {n}"
         for n in ("call_id", "start_time", "answer_time", "end_time", "a_number", "b_number", "ingress_trunk", "egress_trunk",
                   "disposition", "sip_code", "q850_cause", "release_side")
     )
+    rules = "".join(f"({r.sql}) AS rule_{i}, " for i, r in enumerate(config.reject_if))
+    src_struct = "struct_pack(" + ", ".join(f"{q(c)} := {q(c)}" for c in source_cols) + ")" if source_cols else "NULL"
+    duration = "CASE WHEN answered THEN coalesce(duration_s_src, epoch(end_time - answer_time)) ELSE 0 END"
+    ring = "ring_s_src" if "ring_s" in fs else "epoch(coalesce(answer_time, end_time) - start_time)"
     return f"""
-    WITH src AS (SELECT * FROM {table} WHERE partition_date = {lit(day)}),
-    parsed AS (
-        SELECT source_file, source_line, partition_date, parse_error, raw_line,
-               {parsed_cols},
-               {"".join(f"({r.sql}) AS rule_{i}, " for i, r in enumerate(config.reject_if))}
+    WITH parsed AS (
+        SELECT source_file, source_line, partition_date, parse_error, raw_line, {src_struct} AS src_row,
+               {parsed_cols}, {rules}
                {raw('duration_s')} AS duration_s__raw, {typed('duration_s')} AS duration_s_src,
                {raw('ring_s')} AS ring_s__raw, {typed('ring_s')} AS ring_s_src
-        FROM src
+        FROM ({raw_select(config, files, day)})
     ),
-    derived AS (
-        SELECT *, disposition = 'answered' AS answered, {duration} AS duration_s, {ring} AS ring_s FROM parsed
-    ),
-    judged AS (SELECT *, {reason} AS first_reason FROM derived)
-    SELECT *,
-        CASE WHEN first_reason IS NOT NULL THEN first_reason
-             WHEN row_number() OVER (PARTITION BY call_id, first_reason IS NULL ORDER BY source_file, source_line) > 1
-             THEN 'duplicate call_id ' || call_id
-        END AS reject_reason
+    derived AS (SELECT *, disposition = 'answered' AS answered FROM parsed),
+    timed AS (SELECT *, {duration} AS duration_s, {ring} AS ring_s FROM derived),
+    judged AS (SELECT *, {reason} AS reject_reason FROM timed)
+    SELECT {", ".join(c for c in MAPPED_COLUMNS if c not in ("operator", "a_number_raw", "b_number_raw"))},
+        a_number__raw, b_number__raw, call_id__raw, start_time__raw, reject_reason,
+        CASE WHEN reject_reason IS NOT NULL THEN coalesce(raw_line, to_json(src_row)::VARCHAR) END AS raw_record
     FROM judged
     """
+
+
+# Duplicate call_ids among otherwise valid rows: the first (by file, line) is kept. A window over
+# every row costs 8 s per 500 k rows (it sorts the whole payload); grouping finds the few duplicates.
+_REJECT_DUPLICATES = """
+UPDATE _judged SET reject_reason = 'duplicate call_id ' || d.call_id || ' (first at line ' || d.first_line || ' of ' || d.first_file || ')',
+       raw_record = to_json(struct_pack(call_id := _judged.call_id__raw, start_time := _judged.start_time__raw,
+                                        a_number := _judged.a_number__raw, b_number := _judged.b_number__raw))::VARCHAR
+FROM (
+    SELECT call_id, first(source_file ORDER BY source_file, source_line) AS first_file,
+           first(source_line ORDER BY source_file, source_line) AS first_line
+    FROM _judged
+    WHERE reject_reason IS NULL
+      AND call_id IN (SELECT call_id FROM _judged WHERE reject_reason IS NULL GROUP BY call_id HAVING count(*) > 1)
+    GROUP BY call_id
+) d
+WHERE _judged.call_id = d.call_id AND _judged.reject_reason IS NULL
+  AND NOT (_judged.source_file = d.first_file AND _judged.source_line = d.first_line)
+"""
 
 
 @dataclass
@@ -452,17 +538,15 @@ class MapReport:
 def map_partition(con: duckdb.DuckDBPyConnection, config: OperatorConfig, day: date) -> MapReport:
     """Rebuild mapped_cdrs and rejected_cdrs for one operator-day, atomically."""
     ensure_warehouse(con)
-    table = raw_table(config.name)
-    has_raw = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'raw' AND table_name = ?", [config.name]
-    ).fetchone()[0]
+    files = registered_files(con, config.name, day)
     cols = [c for c in MAPPED_COLUMNS if c not in ("operator", "a_number_raw", "b_number_raw")]
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("DELETE FROM mapped_cdrs WHERE operator = ? AND partition_date = ?", [config.name, day])
         con.execute("DELETE FROM rejected_cdrs WHERE operator = ? AND partition_date = ?", [config.name, day])
-        if has_raw:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _judged AS {mapping_select(config, day)}")
+        if files:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _judged AS {mapping_select(config, files, day)}")
+            con.execute(_REJECT_DUPLICATES)
             con.execute(
                 f"""INSERT INTO mapped_cdrs BY NAME
                 SELECT {lit(config.name)} AS operator, a_number__raw AS a_number_raw, b_number__raw AS b_number_raw, {", ".join(cols)}
@@ -470,17 +554,14 @@ def map_partition(con: duckdb.DuckDBPyConnection, config: OperatorConfig, day: d
             )
             con.execute(
                 f"""INSERT INTO rejected_cdrs
-                SELECT {lit(config.name)}, j.partition_date, j.source_file, j.source_line, j.reject_reason,
-                       coalesce(j.raw_line, to_json(r)::VARCHAR)
-                FROM _judged j JOIN {table} r ON r.source_file = j.source_file AND r.source_line = j.source_line
-                WHERE j.reject_reason IS NOT NULL"""
+                SELECT {lit(config.name)}, partition_date, source_file, source_line, reject_reason, raw_record
+                FROM _judged WHERE reject_reason IS NOT NULL"""
             )
             con.execute("DROP TABLE _judged")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    raw_n = con.execute(f"SELECT count(*) FROM {table} WHERE partition_date = ?", [day]).fetchone()[0] if has_raw else 0
     mapped_n = con.execute("SELECT count(*) FROM mapped_cdrs WHERE operator = ? AND partition_date = ?", [config.name, day]).fetchone()[0]
     reasons = dict(
         con.execute(
@@ -489,4 +570,4 @@ def map_partition(con: duckdb.DuckDBPyConnection, config: OperatorConfig, day: d
             [config.name, day],
         ).fetchall()
     )
-    return MapReport(raw=raw_n, mapped=mapped_n, rejected=sum(reasons.values()), reasons=reasons)
+    return MapReport(raw=raw_rows(con, config.name, day), mapped=mapped_n, rejected=sum(reasons.values()), reasons=reasons)

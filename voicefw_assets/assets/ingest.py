@@ -22,7 +22,7 @@ from dagster import (
 from resources.landing import LandingZone
 from resources.warehouse import WAREHOUSE_POOL, Warehouse
 from voicefw_assets.contracts import MappedCdrContract
-from voicefw_assets.mapping import map_partition, raw_table, sync_landing
+from voicefw_assets.mapping import map_partition, sync_landing
 from voicefw_assets.operators import operator_configs
 from voicefw_assets.partitions import cdr_partitions
 
@@ -47,25 +47,19 @@ def _md_table(rows: list[tuple], header: tuple[str, ...]) -> str:
     pool=WAREHOUSE_POOL,
     group_name=GROUP,
     kinds={"duckdb", "csv"},
-    description="Every landed CDR row of an operator-day as text, with source_file and source_line. "
-    "Loads new or changed files of the operator (each file read once); quarantines unreadable and duplicate files.",
+    description="Every landed CDR row of an operator-day: the landed files themselves, registered with sha256, "
+    "days and malformed lines; query them as the DuckDB view raw.<operator>. Quarantines unreadable and duplicate files.",
 )
 def raw_cdrs(context: AssetExecutionContext, warehouse: Warehouse, landing: LandingZone) -> MaterializeResult:
     operator, day = operator_day(context)
     config = operator_configs()[operator]
     with warehouse.connect() as con:
         report = sync_landing(con, config, landing, context.log)
-        exists = con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'raw' AND table_name = ?", [operator]
-        ).fetchone()[0]
-        per_file = (
-            con.execute(
-                f"SELECT source_file, count(*) FROM {raw_table(operator)} WHERE partition_date = ? GROUP BY 1 ORDER BY 1",
-                [day],
-            ).fetchall()
-            if exists
-            else []
-        )
+        per_file = con.execute(
+            """SELECT d.path, d.rows FROM landing_file_days d JOIN landing_files f USING (path)
+               WHERE f.operator = ? AND f.status = 'loaded' AND d.partition_date = ? ORDER BY 1""",
+            [operator, day],
+        ).fetchall()
     rows = sum(n for _, n in per_file)
     if rows == 0:
         context.log.warning(f"no raw rows for {operator} on {day}: nothing landed for that day (yet)")
