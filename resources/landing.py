@@ -26,10 +26,17 @@ class LandedFile:
     path: Path
     size: int
     mtime_ns: int
+    ctime_ns: int = 0
 
     @property
     def fingerprint(self) -> str:
         return f"{self.path}:{self.size}:{self.mtime_ns}"
+
+    @property
+    def arrived_ns(self) -> int:
+        """When the file reached landing: `mv` and `rsync -t` keep an old mtime, but a rename into
+        the folder sets ctime, so a moved-in old file is still newer than the sensor's cursor."""
+        return max(self.mtime_ns, self.ctime_ns)
 
 
 class LandingZone(ConfigurableResource):
@@ -66,7 +73,7 @@ class LandingZone(ConfigurableResource):
             if not any(fnmatch(name, pat) for pat in patterns):
                 continue
             st = p.stat()
-            out.append(LandedFile(operator, p, st.st_size, st.st_mtime_ns))
+            out.append(LandedFile(operator, p, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         return sorted(out)
 
     def unmatched_files(self, operator: str, patterns: tuple[str, ...]) -> list[LandedFile]:

@@ -2,6 +2,8 @@
 
 import pytest
 
+pytest_plugins = ["tests.postgres"]  # postgres_server / postgres_db: a throwaway PostgreSQL for the dagster-postgres tests
+
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
