@@ -150,11 +150,14 @@ def field_sql(config: OperatorConfig) -> dict[str, _Field]:
     return out
 
 
-def referenced_columns(config: OperatorConfig) -> set[str]:
-    """Source columns the config needs: `column:` fields and "quoted" identifiers in its SQL."""
+def referenced_columns(config: OperatorConfig, available: set[str] | None = None) -> set[str]:
+    """Source columns the config reads: `column:` fields, "quoted" identifiers in its SQL, and
+    (given the file's columns) any of them named bare in its SQL."""
     cols = set(config.source_columns())
-    for sql in [s.sql for s in config.fields.values() if s.sql] + [r.sql for r in config.reject_if]:
+    sqls = [s.sql for s in config.fields.values() if s.sql] + [r.sql for r in config.reject_if]
+    for sql in sqls:
         cols.update(re.findall(r'"([^"]+)"', sql))
+        cols.update(c for c in available or () if re.search(rf"(?<![\w\"]){re.escape(c)}(?![\w\"])", sql))
     return cols
 
 
@@ -316,7 +319,8 @@ def sync_landing(con: duckdb.DuckDBPyConnection, config: OperatorConfig, landing
             [config.name],
         ).fetchall()
     }
-    for f in landing.list_files(config.name, config.file_patterns):
+    # oldest first, so of two identical files the later arrival is the one called a duplicate
+    for f in sorted(landing.list_files(config.name, config.file_patterns), key=lambda f: (f.arrived_ns, str(f.path))):
         src = str(f.path)
         if src in known and known[src][0] == f.size and known[src][1] == f.mtime_ns:
             report.unchanged += 1
@@ -391,7 +395,7 @@ def registered_files(con: duckdb.DuckDBPyConnection, operator: str, day: date | 
     return [RegisteredFile(*r) for r in rows]
 
 
-def raw_select(config: OperatorConfig, files: list[RegisteredFile], day: date | None = None) -> str:
+def raw_select(config: OperatorConfig, files: list[RegisteredFile], day: date | None = None, only: set[str] | None = None) -> str:
     """SELECT of raw rows: every source column as text, source_file, source_line, partition_date,
     start_parsed (the start time as the mapping reads it, parsed once), and for lines the CSV
     reader could not split, parse_error and raw_line."""
@@ -411,7 +415,7 @@ def raw_select(config: OperatorConfig, files: list[RegisteredFile], day: date | 
         parts.append(
             f"""SELECT *, coalesce(CASE WHEN CAST(start_parsed AS DATE) BETWEEN {lit(lo)} AND {lit(hi)} THEN CAST(start_parsed AS DATE) END,
                                 {lit(f.home_date)}::DATE) AS partition_date
-            FROM (SELECT {", ".join(q(c) for c in f.columns)}, {lit(f.path)} AS source_file, {line} AS source_line,
+            FROM (SELECT {", ".join(q(c) for c in f.columns if only is None or c in only)}, {lit(f.path)} AS source_file, {line} AS source_line,
                          {start} AS start_parsed, NULL::VARCHAR AS parse_error, NULL::VARCHAR AS raw_line
                   FROM {read_csv_sql(config, Path(f.path), f.columns)} WITH ORDINALITY WHERE ordinality > {config.csv.extra_header_rows})"""
         )
@@ -447,7 +451,8 @@ def raw_rows(con: duckdb.DuckDBPyConnection, operator: str, day: date) -> int:
 def mapping_select(config: OperatorConfig, files: list[RegisteredFile], day: date) -> str:
     """Every raw row of the operator-day with canonical columns and a reject reason (NULL = mapped)."""
     fs = field_sql(config)
-    source_cols = sorted({c for f in files for c in f.columns})
+    # only the columns the config reads: a CSV scan materializes what is selected (CUCM has ~130)
+    source_cols = sorted(referenced_columns(config, {c for f in files for c in f.columns}))
 
     def typed(name: str, default: str = "NULL") -> str:
         return fs[name].typed if name in fs else default
@@ -462,15 +467,15 @@ def mapping_select(config: OperatorConfig, files: list[RegisteredFile], day: dat
         ("start_time__raw IS NULL", "'missing start_time'"),
         ("end_time__raw IS NULL", "'missing end_time'"),
         *[(f"{f}__raw IS NOT NULL AND {f} IS NULL", f"'bad {f}: ' || {f}__raw") for f in ("start_time", "answer_time", "end_time")],
-        ("CAST(start_time AS DATE) <> partition_date", "'start_time ' || CAST(start_time AS VARCHAR) || ' is outside the partition range'"),
+        ("CAST(start_time AS DATE) <> partition_date", "'start_time outside the partition range: ' || CAST(start_time AS VARCHAR)"),
         ("end_time < start_time", "'end_time before start_time'"),
         ("answer_time < start_time OR answer_time > end_time", "'answer_time outside start_time..end_time'"),
         ("b_number__raw IS NULL", "'missing b_number'"),
         ("b_number IS NULL", "'b_number not convertible to E.164: ' || b_number__raw"),
         (f"a_number IS NULL AND a_number__raw IS NOT NULL AND NOT {one_of('lower(a_number__raw)', config.numbers.withheld)}", "'a_number not convertible to E.164: ' || a_number__raw"),
         ("disposition IS NULL", "'unmapped disposition: ' || coalesce(disposition__raw, '(empty)')"),
-        (f"NOT {one_of('disposition', DISPOSITIONS)}", "'disposition ' || disposition || ' is not canonical'"),
-        ("(disposition = 'answered') <> (answer_time IS NOT NULL)", "'disposition ' || disposition || ' contradicts answer_time'"),
+        (f"NOT {one_of('disposition', DISPOSITIONS)}", "'disposition not canonical: ' || disposition"),
+        ("(disposition = 'answered') <> (answer_time IS NOT NULL)", "'disposition contradicts answer_time: ' || disposition"),
         (f"release_side IS NULL OR NOT {one_of('release_side', RELEASE_SIDES)}", "'bad release_side: ' || coalesce(release_side__raw, '(empty)')"),
         ("sip_code__raw IS NOT NULL AND (sip_code IS NULL OR sip_code NOT BETWEEN 100 AND 699)", "'bad sip_code: ' || sip_code__raw"),
         ("q850_cause__raw IS NOT NULL AND (q850_cause IS NULL OR q850_cause NOT BETWEEN 0 AND 127)", "'bad q850_cause: ' || q850_cause__raw"),
@@ -478,6 +483,7 @@ def mapping_select(config: OperatorConfig, files: list[RegisteredFile], day: dat
         ("ring_s__raw IS NOT NULL AND ring_s_src IS NULL", "'bad ring_s: ' || ring_s__raw"),
         ("ring_s IS NULL OR ring_s < 0 OR duration_s < 0", "'negative or unreadable duration/ring time'"),
     ]
+    # reasons read "<kind>: <detail>"; reports group by the kind
     reason = "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r in checks) + " END"
     defaults = {"release_side": "'unknown'"}
     fs["start_time"].typed = "start_parsed"  # parsed once, in raw_select
@@ -496,7 +502,7 @@ def mapping_select(config: OperatorConfig, files: list[RegisteredFile], day: dat
                {parsed_cols}, {rules}
                {raw('duration_s')} AS duration_s__raw, {typed('duration_s')} AS duration_s_src,
                {raw('ring_s')} AS ring_s__raw, {typed('ring_s')} AS ring_s_src
-        FROM ({raw_select(config, files, day)})
+        FROM ({raw_select(config, files, day, only=set(source_cols))})
     ),
     derived AS (SELECT *, disposition = 'answered' AS answered FROM parsed),
     timed AS (SELECT *, {duration} AS duration_s, {ring} AS ring_s FROM derived),
@@ -511,7 +517,7 @@ def mapping_select(config: OperatorConfig, files: list[RegisteredFile], day: dat
 # Duplicate call_ids among otherwise valid rows: the first (by file, line) is kept. A window over
 # every row costs 8 s per 500 k rows (it sorts the whole payload); grouping finds the few duplicates.
 _REJECT_DUPLICATES = """
-UPDATE _judged SET reject_reason = 'duplicate call_id ' || d.call_id || ' (first at line ' || d.first_line || ' of ' || d.first_file || ')',
+UPDATE _judged SET reject_reason = 'duplicate call_id: ' || d.call_id || ' (first at line ' || d.first_line || ' of ' || d.first_file || ')',
        raw_record = to_json(struct_pack(call_id := _judged.call_id__raw, start_time := _judged.start_time__raw,
                                         a_number := _judged.a_number__raw, b_number := _judged.b_number__raw))::VARCHAR
 FROM (
