@@ -246,3 +246,27 @@ def test_a_bad_config_names_the_file_and_the_problem(tmp_path):
     bad.write_text("csv: {header: false}\nnumbers: {country_code: '44'}\nfields: {call_id: x}\n")
     with pytest.raises(ConfigError, match=r"(?s)op_x.yaml.*headerless dialect must list its `columns`"):
         load_operator_config(bad)
+
+
+def test_operator_a_hour_repeated_when_clocks_go_back(home):
+    """25 Oct 2026: 01:00-02:00 happens twice in London. Asterisk's `duration` (end - start)
+    settles which occurrence a start or end means; with no such hint the first one is taken."""
+    rows = (
+        # true start 00:50Z (01:50 BST), end 01:10Z (01:10 GMT): end is the second occurrence
+        asterisk_row("r1", "07700900123", "02079460000", "2026-10-25 01:50:00", "", "2026-10-25 01:10:00", "1200", "0", "NO ANSWER")
+        # true start 00:59:30Z (01:59:30 BST), end 01:00:30Z (01:00:30 GMT)
+        + asterisk_row("r2", "07700900123", "02079460000", "2026-10-25 01:59:30", "", "2026-10-25 01:00:30", "60", "0", "NO ANSWER")
+        # true start 01:20Z (01:20 GMT, second occurrence), end 02:30Z (unambiguous), 70 min
+        + asterisk_row("r3", "07700900123", "02079460000", "2026-10-25 01:20:00", "2026-10-25 01:20:10", "2026-10-25 02:30:00", "4200", "4190", "ANSWERED")
+        # both in the repeated hour and consistent either way: the first occurrence (BST)
+        + asterisk_row("r4", "07700900123", "02079460000", "2026-10-25 01:30:00", "", "2026-10-25 01:31:00", "60", "0", "NO ANSWER")
+    )
+    land(home, "operator_a", "Master.csv", rows)
+    con, _, rep = run(home, "operator_a", date(2026, 10, 25))
+    m = mapped(con, "operator_a")
+    assert (m["r1"]["start_time"], m["r1"]["end_time"]) == (utc(2026, 10, 25, 0, 50), utc(2026, 10, 25, 1, 10))
+    assert (m["r2"]["start_time"], m["r2"]["end_time"]) == (utc(2026, 10, 25, 0, 59, 30), utc(2026, 10, 25, 1, 0, 30))
+    assert (m["r3"]["start_time"], m["r3"]["answer_time"], m["r3"]["end_time"]) == (
+        utc(2026, 10, 25, 1, 20), utc(2026, 10, 25, 1, 20, 10), utc(2026, 10, 25, 2, 30))
+    assert (m["r4"]["start_time"], m["r4"]["end_time"]) == (utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 0, 31))
+    assert rep[date(2026, 10, 25)].rejected == 0

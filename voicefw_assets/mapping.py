@@ -110,7 +110,26 @@ def _time(raw: str, spec: FieldSpec, tz: str) -> str:
             f"(CASE WHEN regexp_matches({raw}, '(Z|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$') THEN try_cast({raw} AS TIMESTAMPTZ)"
             f" ELSE timezone({lit(tz)}, try_cast({raw} AS TIMESTAMP)) END)"
         )
-    return f"timezone({lit(tz)}, try_strptime({raw}, {lit(spec.time)}))"
+    return local_time_sql(f"try_strptime({raw}, {lit(spec.time)})", tz)
+
+
+def local_time_sql(local: str, tz: str, fold: int = 0) -> str:
+    """Local wall time -> TIMESTAMPTZ. In the hour repeated when clocks go back, `fold` picks the
+    first (0, daylight time, Python's zoneinfo default) or second (1) occurrence. ICU alone picks
+    the second; the first is one hour earlier and renders to the same wall time."""
+    if tz == "UTC":
+        return f"timezone('UTC', {local})"
+    late = f"timezone({lit(tz)}, {local})"
+    if fold:
+        return late
+    return f"(SELECT CASE WHEN timezone({lit(tz)}, u - INTERVAL 1 HOUR) = l THEN u - INTERVAL 1 HOUR ELSE u END FROM (SELECT {local} AS l, {late} AS u))"
+
+
+def repeated_local_time_sql(local: str, tz: str) -> str:
+    """True where a wall time occurs twice (the hour repeated when clocks go back)."""
+    if tz == "UTC":
+        return "false"
+    return f"coalesce((SELECT timezone({lit(tz)}, u - INTERVAL 1 HOUR) = l FROM (SELECT {local} AS l, timezone({lit(tz)}, {local}) AS u)), false)"
 
 
 def _mapped(raw: str, spec: FieldSpec) -> str:
@@ -154,7 +173,7 @@ def referenced_columns(config: OperatorConfig, available: set[str] | None = None
     """Source columns the config reads: `column:` fields, "quoted" identifiers in its SQL, and
     (given the file's columns) any of them named bare in its SQL."""
     cols = set(config.source_columns())
-    sqls = [s.sql for s in config.fields.values() if s.sql] + [r.sql for r in config.reject_if]
+    sqls = [s.sql for s in config.fields.values() if s.sql] + [r.sql for r in config.reject_if] + [config.start_hint_sql or ""]
     for sql in sqls:
         cols.update(re.findall(r'"([^"]+)"', sql))
         cols.update(c for c in available or () if re.search(rf"(?<![\w\"]){re.escape(c)}(?![\w\"])", sql))
@@ -486,6 +505,10 @@ def mapping_select(config: OperatorConfig, files: list[RegisteredFile], day: dat
     # reasons read "<kind>: <detail>"; reports group by the kind
     reason = "CASE " + " ".join(f"WHEN {c} THEN {r}" for c, r in checks) + " END"
     defaults = {"release_side": "'unknown'"}
+    elapsed = f"try_cast(nullif(trim({q(config.elapsed_s_column)}), '') AS DOUBLE)" if config.elapsed_s_column else "NULL"
+    local = {f: f"try_strptime({fs[f].raw}, {lit(config.fields[f].time)})" for f in ("start_time", "end_time", "answer_time")
+             if f in fs and config.fields[f].time not in (None, "epoch", "iso8601")}
+    repeated = "".join(f"{repeated_local_time_sql(l, config.timezone)} AS {f}__repeated, " for f, l in local.items())
     fs["start_time"].typed = "start_parsed"  # parsed once, in raw_select
     parsed_cols = ",\n".join(
         f"{raw(n)} AS {n}__raw, {typed(n, defaults.get(n, 'NULL'))} AS {n}"
@@ -500,11 +523,13 @@ def mapping_select(config: OperatorConfig, files: list[RegisteredFile], day: dat
     WITH parsed AS (
         SELECT source_file, source_line, partition_date, parse_error, raw_line, {src_struct} AS src_row,
                {parsed_cols}, {rules}
+               {repeated}{elapsed} AS elapsed_s, {f"try_cast(({config.start_hint_sql}) AS TIMESTAMPTZ)" if config.start_hint_sql else "NULL::TIMESTAMPTZ"} AS start_hint,
                {raw('duration_s')} AS duration_s__raw, {typed('duration_s')} AS duration_s_src,
                {raw('ring_s')} AS ring_s__raw, {typed('ring_s')} AS ring_s_src
         FROM ({raw_select(config, files, day, only=set(source_cols))})
     ),
-    derived AS (SELECT *, disposition = 'answered' AS answered FROM parsed),
+    resolved AS ({_resolve_repeated_hour(config, fs)}),
+    derived AS (SELECT *, disposition = 'answered' AS answered FROM resolved),
     timed AS (SELECT *, {duration} AS duration_s, {ring} AS ring_s FROM derived),
     judged AS (SELECT *, {reason} AS reject_reason FROM timed)
     SELECT {", ".join(c for c in MAPPED_COLUMNS if c not in ("operator", "a_number_raw", "b_number_raw"))},
@@ -531,6 +556,46 @@ FROM (
 WHERE _judged.call_id = d.call_id AND _judged.reject_reason IS NULL
   AND NOT (_judged.source_file = d.first_file AND _judged.source_line = d.first_line)
 """
+
+
+def _resolve_repeated_hour(config: OperatorConfig, fs: dict) -> str:
+    """Local times in the repeated hour default to the first occurrence. Where the operator also
+    exports the call's elapsed seconds (Asterisk `duration` = end - start), a repeated start or end
+    takes the occurrence that agrees with it, and a repeated answer the one inside start..end."""
+    repeated = [f for f in ("start_time", "end_time", "answer_time")
+                if f in config.fields and config.fields[f].time not in (None, "epoch", "iso8601")]
+    if not repeated or config.timezone == "UTC":
+        return "SELECT * FROM parsed"
+    hour = "INTERVAL 1 HOUR"
+    fix = {}
+    if "start_time" in repeated and (config.elapsed_s_column or config.start_hint_sql):
+        by_hint = (
+            f"WHEN start_time__repeated AND abs(epoch(start_hint - start_time)) < 7200"
+            f" THEN CASE WHEN abs(epoch(start_hint - start_time - {hour})) < abs(epoch(start_hint - start_time))"
+            f" THEN start_time + {hour} ELSE start_time END"
+        )
+        by_elapsed = (
+            f"WHEN start_time__repeated AND elapsed_s IS NOT NULL AND end_time IS NOT NULL"
+            f" AND abs(epoch(end_time - (start_time + {hour})) - elapsed_s) < abs(epoch(end_time - start_time) - elapsed_s)"
+            f" THEN start_time + {hour}"
+        )
+        fix["start_time"] = f"CASE {by_hint if config.start_hint_sql else ''} {by_elapsed} ELSE start_time END"
+    start = fix.get("start_time", "start_time")
+    if "end_time" in repeated and config.elapsed_s_column:
+        fix["end_time"] = (
+            f"CASE WHEN end_time__repeated AND elapsed_s IS NOT NULL"
+            f" AND abs(epoch(end_time + {hour} - ({start})) - elapsed_s) < abs(epoch(end_time - ({start})) - elapsed_s)"
+            f" THEN end_time + {hour} ELSE end_time END"
+        )
+    end = fix.get("end_time", "end_time")
+    if "answer_time" in repeated:
+        fix["answer_time"] = (
+            f"CASE WHEN answer_time__repeated AND answer_time < ({start}) AND answer_time + {hour} <= ({end})"
+            f" THEN answer_time + {hour} ELSE answer_time END"
+        )
+    if not fix:
+        return "SELECT * FROM parsed"
+    return f"SELECT * REPLACE ({', '.join(f'{v} AS {k}' for k, v in fix.items())}) FROM parsed"
 
 
 @dataclass

@@ -113,6 +113,12 @@ class OperatorConfig(Strict):
     numbers: NumberPlan
     fields: dict[str, FieldSpec]
     reject_if: tuple[RejectRule, ...] = ()
+    # source column with the call's end minus start in seconds (Asterisk `duration`): with local
+    # times it tells which occurrence of the hour repeated when clocks go back is meant
+    elapsed_s_column: str | None = None
+    # SQL for an approximate UTC start (Asterisk's uniqueid begins with the epoch second of the
+    # channel): when it lies within two hours, it picks the occurrence of a repeated start time
+    start_hint_sql: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -154,7 +160,8 @@ class OperatorConfig(Strict):
 
     def source_columns(self) -> set[str]:
         """Columns the mapping reads by name (the sql expressions are checked when they run)."""
-        return {s.column for s in self.fields.values() if s.column is not None}
+        cols = {s.column for s in self.fields.values() if s.column is not None}
+        return cols | ({self.elapsed_s_column} if self.elapsed_s_column else set())
 
 
 class ConfigError(ValueError):
