@@ -399,25 +399,38 @@ class RegisteredFile:
     path: str
     columns: list[str]
     home_date: date
-    has_rejects: bool
+    scanned_rows: int  # rows DuckDB's reader returns for it: parsed rows, extra header rows included
 
 
 def registered_files(con: duckdb.DuckDBPyConnection, operator: str, day: date | None = None) -> list[RegisteredFile]:
     """Files of the operator in the raw layer (all, or those with rows on `day`)."""
     rows = con.execute(
-        """SELECT path, columns, home_date, EXISTS (SELECT 1 FROM landing_file_rejects r WHERE r.path = f.path)
+        """SELECT path, columns, home_date,
+                  rows - (SELECT count(*) FROM landing_file_rejects r WHERE r.path = f.path) + ?
            FROM landing_files f WHERE operator = ? AND status = 'loaded'
            AND (CAST(? AS DATE) IS NULL OR EXISTS (SELECT 1 FROM landing_file_days d WHERE d.path = f.path AND d.partition_date = ?))
            ORDER BY path""",
-        [operator, day, day],
+        [_extra_rows(con, operator), operator, day, day],
     ).fetchall()
     return [RegisteredFile(*r) for r in rows]
+
+
+def _extra_rows(con, operator: str) -> int:
+    from voicefw_assets.operators import operator_configs  # the manifest does not keep the dialect
+
+    config = operator_configs().get(operator)
+    return config.csv.extra_header_rows if config else 0
 
 
 def raw_select(config: OperatorConfig, files: list[RegisteredFile], day: date | None = None, only: set[str] | None = None) -> str:
     """SELECT of raw rows: every source column as text, source_file, source_line, partition_date,
     start_parsed (the start time as the mapping reads it, parsed once), and for lines the CSV
-    reader could not split, parse_error and raw_line."""
+    reader could not split, parse_error and raw_line.
+
+    Files with the same columns are read by one read_csv over the list (a union per file costs
+    planning time and a scan per file). Line numbers: the scan's ordinality minus the rows of the
+    files before (insertion order is kept), shifted past header rows and the malformed lines
+    before the row (an ASOF join on the registered rejects)."""
     if not files:
         return (
             "SELECT NULL::VARCHAR AS source_file, NULL::BIGINT AS source_line, NULL::DATE AS partition_date,"
@@ -426,25 +439,41 @@ def raw_select(config: OperatorConfig, files: list[RegisteredFile], day: date | 
     start = field_sql(config)["start_time"].typed
     lo, hi = partition_range()
     header = 1 if config.csv.header else 0
-    parts = []
+    groups: dict[tuple[str, ...], list[RegisteredFile]] = {}
     for f in files:
-        line = f"ordinality + {header}"
-        if f.has_rejects:  # shift past the malformed lines before this row
-            line += f" + (SELECT count(*) FROM landing_file_rejects r WHERE r.path = {lit(f.path)} AND r.accepted_before < ordinality)"
+        groups.setdefault(tuple(f.columns), []).append(f)
+    paths = ", ".join(lit(f.path) for f in files)
+    parts = []
+    for columns, group in groups.items():
+        offsets, off = [], 0
+        for f in group:
+            offsets.append(f"({lit(f.path)}, {off}, {lit(f.home_date)}::DATE)")
+            off += f.scanned_rows
+        scan = read_csv_sql(config, Path(group[0].path), list(columns)).replace(
+            lit(group[0].path), "[" + ", ".join(lit(f.path) for f in group) + "]", 1
+        ).replace("auto_detect = false", "auto_detect = false, filename = '__file'", 1)
+        cols = ", ".join(q(c) for c in columns if only is None or c in only)
         parts.append(
-            f"""SELECT *, coalesce(CASE WHEN CAST(start_parsed AS DATE) BETWEEN {lit(lo)} AND {lit(hi)} THEN CAST(start_parsed AS DATE) END,
-                                {lit(f.home_date)}::DATE) AS partition_date
-            FROM (SELECT {", ".join(q(c) for c in f.columns if only is None or c in only)}, {lit(f.path)} AS source_file, {line} AS source_line,
-                         {start} AS start_parsed, NULL::VARCHAR AS parse_error, NULL::VARCHAR AS raw_line
-                  FROM {read_csv_sql(config, Path(f.path), f.columns)} WITH ORDINALITY WHERE ordinality > {config.csv.extra_header_rows})"""
+            f"""SELECT * EXCLUDE (__k, __home, __shift, __rpath, __rbefore), __k + {header} + coalesce(__shift, 0) AS source_line,
+                   coalesce(CASE WHEN CAST(start_parsed AS DATE) BETWEEN {lit(lo)} AND {lit(hi)} THEN CAST(start_parsed AS DATE) END,
+                            __home) AS partition_date
+            FROM (
+                SELECT {cols}, s.__file AS source_file, s.ordinality - o.off AS __k, o.home_date AS __home,
+                       {start} AS start_parsed, NULL::VARCHAR AS parse_error, NULL::VARCHAR AS raw_line
+                FROM {scan} WITH ORDINALITY AS s
+                JOIN (VALUES {", ".join(offsets)}) AS o(path, off, home_date) ON s.__file = o.path
+            ) rows
+            ASOF LEFT JOIN (
+                SELECT path AS __rpath, accepted_before AS __rbefore, row_number() OVER (PARTITION BY path ORDER BY line) AS __shift
+                FROM landing_file_rejects WHERE path IN ({paths})
+            ) rej ON rows.source_file = rej.__rpath AND rows.__k > rej.__rbefore
+            WHERE __k > {config.csv.extra_header_rows}"""
         )
-    paths = ", ".join(lit(f.path) for f in files if f.has_rejects)
-    if paths:
-        parts.append(
-            f"""SELECT r.path AS source_file, r.line AS source_line, f.home_date AS partition_date, NULL::TIMESTAMPTZ AS start_parsed,
-                       r.error AS parse_error, r.csv_line AS raw_line
-            FROM landing_file_rejects r JOIN landing_files f USING (path) WHERE r.path IN ({paths})"""
-        )
+    parts.append(
+        f"""SELECT r.path AS source_file, r.line AS source_line, f.home_date AS partition_date, NULL::TIMESTAMPTZ AS start_parsed,
+                   r.error AS parse_error, r.csv_line AS raw_line
+        FROM landing_file_rejects r JOIN landing_files f USING (path) WHERE r.path IN ({paths})"""
+    )
     union = "\nUNION ALL BY NAME\n".join(f"({p})" for p in parts)
     return f"SELECT * FROM ({union})" + (f" WHERE partition_date = {lit(day)}" if day else "")
 
