@@ -5,8 +5,9 @@ Every path defaults to $VOICEFW_HOME, so one environment variable moves a whole 
 """
 
 from resources.landing import LandingZone
+from resources.model_store import ModelStore
 from resources.warehouse import Warehouse
 
 
 def default_resources() -> dict:
-    return {"warehouse": Warehouse(), "landing": LandingZone()}
+    return {"warehouse": Warehouse(), "landing": LandingZone(), "model_store": ModelStore()}

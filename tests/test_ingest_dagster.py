@@ -105,12 +105,13 @@ def test_a_fourth_operator_is_one_yaml_file(home, tmp_path):
         "d2;02/11/2026 10:00:00;02/11/2026 10:00:05;02/11/2026 10:01:05;+33612345679;0033123456780;FR-1;OK;B;60000\n",
     )
     env = {**os.environ, "VOICEFW_OPERATOR_CONFIGS": str(configs)}
-    out = subprocess.run(
-        [sys.executable, "-m", "voicefw_assets.cli", "materialize", "--select", "raw_cdrs,mapped_cdrs,rejected_cdrs"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "2026-11-01|operator_d -> ok" in out.stdout and "2026-11-02|operator_d -> ok" in out.stdout
+    for _ in range(2):  # the second time the partitions come from the manifest, not a scan
+        out = subprocess.run(
+            [sys.executable, "-m", "voicefw_assets.cli", "materialize", "--select", "raw_cdrs,mapped_cdrs,rejected_cdrs"],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "2026-11-01|operator_d -> ok" in out.stdout and "2026-11-02|operator_d -> ok" in out.stdout
     import duckdb
 
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)

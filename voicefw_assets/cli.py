@@ -71,8 +71,11 @@ def landed_partitions(log=print) -> dict[str, set[date]]:
     if warehouse.file.exists():
         with warehouse.connect() as con:
             try:
-                rows = con.execute("SELECT path, size, mtime_ns, dates FROM landing_files WHERE status = 'loaded'").fetchall()
-                manifest = {p: (s, m, d or []) for p, s, m, d in rows}
+                rows = con.execute(
+                    """SELECT path, size, mtime_ns, list(partition_date) FROM landing_files JOIN landing_file_days USING (path)
+                       WHERE status = 'loaded' GROUP BY ALL"""
+                ).fetchall()
+                manifest = {p: (s, m, d) for p, s, m, d in rows}
             except duckdb.CatalogException:
                 pass  # a warehouse that has not ingested anything yet
     out: dict[str, set[date]] = defaultdict(set)
