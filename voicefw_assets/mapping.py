@@ -23,7 +23,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import duckdb
 
@@ -74,17 +76,32 @@ def clean_number_sql(expr: str) -> str:
 
 
 def e164_sql(expr: str, plan: NumberPlan) -> str:
-    """E.164 ('+' and 7-15 digits) or NULL, as one chain of regexp steps over the cleaned number:
-    international prefix -> '+', national prefix -> '+<country code>', anything else per
-    `unprefixed`. A chain references its input once: DuckDB inlines every reference to a
-    sub-expression, so a CASE over the cleaned number would run its regexps five times per row."""
-    n = clean_number_sql(expr)
+    """E.164 ('+' and 7-15 digits) or NULL: international prefix -> '+', national prefix ->
+    '+<country code>', anything else per `unprefixed`.
+
+    Most numbers are plain digits (maybe with a leading '+'); they take a path of string
+    functions. Others (spaces, dashes, sip: URIs, '(0)') go through a chain of regexps first,
+    each step referencing the previous once: DuckDB inlines every reference to a
+    sub-expression, so a CASE over a cleaned number would run its regexps once per reference."""
     cc = plan.country_code or ""
-    n = f"regexp_replace({n}, '^{plan.international_prefix}', '+')"
-    if plan.national_prefix:
-        n = f"regexp_replace({n}, '^{plan.national_prefix}', '+{cc}')"
+    intl, nat = plan.international_prefix, plan.national_prefix
+    other = f"'+' || {{x}}" if plan.unprefixed == "international" else f"'+{cc}' || {{x}}"
+
+    def plan_sql(x: str) -> str:  # x: digits with at most a leading '+'
+        branches = [f"WHEN starts_with({x}, '+') THEN {x}", f"WHEN starts_with({x}, {lit(intl)}) THEN '+' || {x}[{len(intl) + 1}:]"]
+        if nat:
+            branches.append(f"WHEN starts_with({x}, {lit(nat)}) THEN '+{cc}' || {x}[{len(nat) + 1}:]")
+        return f"(CASE {' '.join(branches)} ELSE {other.format(x=x)} END)"
+
+    plain = f"(CASE WHEN ltrim({expr}, '+0123456789') = '' THEN {plan_sql(expr)} END)"
+    n = clean_number_sql(expr)
+    n = f"regexp_replace({n}, '^{intl}', '+')"
+    if nat:
+        n = f"regexp_replace({n}, '^{nat}', '+{cc}')"
     n = f"regexp_replace({n}, '^([^+])', '{'+' if plan.unprefixed == 'international' else '+' + cc}\\1')"
-    return f"nullif(regexp_extract({n}, '^(\\+[1-9][0-9]{{6,14}})$', 1), '')"
+    messy = f"nullif(regexp_extract({n}, '^(\\+[1-9][0-9]{{6,14}})$', 1), '')"
+    valid = "(CASE WHEN length(p) BETWEEN 8 AND 16 AND p[2] <> '0' AND position('+' IN p[2:]) = 0 THEN p END)"
+    return f"(SELECT CASE WHEN p IS NOT NULL THEN {valid} ELSE {messy} END FROM (SELECT {plain} AS p))"
 
 
 def _base(spec: FieldSpec) -> str:
@@ -113,23 +130,44 @@ def _time(raw: str, spec: FieldSpec, tz: str) -> str:
     return local_time_sql(f"try_strptime({raw}, {lit(spec.time)})", tz)
 
 
-def local_time_sql(local: str, tz: str, fold: int = 0) -> str:
-    """Local wall time -> TIMESTAMPTZ. In the hour repeated when clocks go back, `fold` picks the
-    first (0, daylight time, Python's zoneinfo default) or second (1) occurrence. ICU alone picks
-    the second; the first is one hour earlier and renders to the same wall time."""
-    if tz == "UTC":
-        return f"timezone('UTC', {local})"
-    late = f"timezone({lit(tz)}, {local})"
-    if fold:
-        return late
-    return f"(SELECT CASE WHEN timezone({lit(tz)}, u - INTERVAL 1 HOUR) = l THEN u - INTERVAL 1 HOUR ELSE u END FROM (SELECT {local} AS l, {late} AS u))"
+@lru_cache(maxsize=None)
+def repeated_hour_keys(tz: str) -> tuple[int, ...]:
+    """month * 100 + hour of every local wall-clock hour that ever repeats in `tz` (1990-2060),
+    from the tz database: a cheap filter so the exact ICU check runs only near a fall-back."""
+    zone = ZoneInfo(tz)
+    keys = set()
+    t = datetime(1990, 1, 1, tzinfo=timezone.utc)
+    prev = t.astimezone(zone).utcoffset()
+    while t.year < 2061:
+        t += timedelta(hours=1)
+        off = t.astimezone(zone).utcoffset()
+        if off < prev:  # clocks went back: local times in [t + off, t + prev) occur twice
+            local = (t + off).replace(tzinfo=None)
+            while local < (t + prev).replace(tzinfo=None):
+                keys.add(local.month * 100 + local.hour)
+                local += timedelta(minutes=15)
+        prev = off
+    return tuple(sorted(keys))
 
 
 def repeated_local_time_sql(local: str, tz: str) -> str:
-    """True where a wall time occurs twice (the hour repeated when clocks go back)."""
-    if tz == "UTC":
+    """True where a wall time occurs twice (the hour repeated when clocks go back): ICU renders
+    the instant one hour before its own reading to the same wall time."""
+    keys = repeated_hour_keys(tz)
+    if not keys:
         return "false"
-    return f"coalesce((SELECT timezone({lit(tz)}, u - INTERVAL 1 HOUR) = l FROM (SELECT {local} AS l, timezone({lit(tz)}, {local}) AS u)), false)"
+    exact = f"timezone({lit(tz)}, timezone({lit(tz)}, {local}) - INTERVAL 1 HOUR) = {local}"
+    return f"coalesce(CASE WHEN list_contains({list(keys)}, month({local}) * 100 + hour({local})) THEN {exact} END, false)"
+
+
+def local_time_sql(local: str, tz: str) -> str:
+    """Local wall time -> TIMESTAMPTZ. In the hour repeated when clocks go back it reads the first
+    occurrence (daylight time, as Python's zoneinfo does with fold=0); ICU alone reads the second,
+    which is one hour later. The mapping may then pick the other one (`_resolve_repeated_hour`)."""
+    if tz == "UTC":
+        return f"timezone('UTC', {local})"
+    late = f"timezone({lit(tz)}, {local})"
+    return f"(CASE WHEN {repeated_local_time_sql(local, tz)} THEN {late} - INTERVAL 1 HOUR ELSE {late} END)"
 
 
 def _mapped(raw: str, spec: FieldSpec) -> str:
