@@ -194,10 +194,12 @@ def build_cdr_drop_sensor(
     max_runs_per_tick: int | None = None,
     max_peeks_per_tick: int | None = None,
     time_budget_s: float | None = None,
-    minimum_interval_seconds: int = 30,
+    minimum_interval_seconds: int | None = None,
     name: str = "cdr_drop_sensor",
 ) -> SensorDefinition:
-    """Caps default from VOICEFW_SENSOR_MAX_RUNS / _MAX_PEEKS / _TIME_BUDGET_S (25 / 200 / 40 s)."""
+    """Caps default from VOICEFW_SENSOR_MAX_RUNS / _MAX_PEEKS / _TIME_BUDGET_S (25 / 200 / 40 s),
+    the tick interval from VOICEFW_SENSOR_INTERVAL_S (30 s)."""
+    minimum_interval_seconds = minimum_interval_seconds or int(os.environ.get("VOICEFW_SENSOR_INTERVAL_S", "30"))
     max_runs = max_runs_per_tick or int(os.environ.get("VOICEFW_SENSOR_MAX_RUNS", "25"))
     max_peeks = max_peeks_per_tick or int(os.environ.get("VOICEFW_SENSOR_MAX_PEEKS", "200"))
     budget = time_budget_s or float(os.environ.get("VOICEFW_SENSOR_TIME_BUDGET_S", "40"))

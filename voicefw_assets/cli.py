@@ -21,6 +21,11 @@ telemetry:
 concurrency:
   pools:
     default_limit: 1   # the duckdb_warehouse pool: one warehouse-writing step at a time
+run_coordinator:       # runs here are short: look for queued runs every second, not every 5 s
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
 """
 
 
