@@ -270,3 +270,14 @@ def test_operator_a_hour_repeated_when_clocks_go_back(home):
         utc(2026, 10, 25, 1, 20), utc(2026, 10, 25, 1, 20, 10), utc(2026, 10, 25, 2, 30))
     assert (m["r4"]["start_time"], m["r4"]["end_time"]) == (utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 0, 31))
     assert rep[date(2026, 10, 25)].rejected == 0
+
+
+def test_windows_exports_with_bom_and_crlf_map(home):
+    header = "call_id,time_start,time_connect,time_end,src_number,dst_number,orig_gw,term_gw,pdd_ms,ring_ms,sip_code,sip_reason,q850_cause,disconnect_initiator,duration\r\n"
+    row = "w1,2026-11-02T06:00:00Z,,2026-11-02T06:00:02Z,447700900123,4930123456,a,b,1,2000,487,x,16,orig,0\r\n"
+    path = home / "landing" / "operator_c" / "excel.csv"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\xef\xbb\xbf" + (header + row).encode())
+    con, sync, rep = run(home, "operator_c", date(2026, 11, 2))
+    assert not sync.quarantined and rep[date(2026, 11, 2)].mapped == 1
+    assert mapped(con, "operator_c")["w1"]["source_line"] == 2

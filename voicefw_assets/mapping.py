@@ -222,8 +222,8 @@ def referenced_columns(config: OperatorConfig, available: set[str] | None = None
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    raw = gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="") if path.name.endswith(".gz") else None
-    return raw or open(path, encoding="utf-8", errors="replace", newline="")
+    raw = gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="") if path.name.endswith(".gz") else None
+    return raw or open(path, encoding="utf-8-sig", errors="replace", newline="")
 
 
 def file_columns(config: OperatorConfig, path: Path) -> list[str]:
