@@ -178,6 +178,58 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# ---------------------------------------------------------------- models
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Bundles in the model store, newest first, and which one the service serves."""
+    ensure_dagster_home()
+    import json
+
+    from dagster import AssetKey, DagsterInstance
+
+    from resources import ModelStore
+
+    store = ModelStore()
+    event = DagsterInstance.get().get_latest_materialization_event(AssetKey("serving_model"))
+    serving = event.asset_materialization.metadata["version"].value if event and event.asset_materialization else None
+    dirs = sorted((store.models_dir / v for v in store.versions()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in dirs:
+        metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
+        pr_auc = metrics.get("lightgbm", {}).get("pr_auc")
+        mark = "*" if path.name == serving else " "
+        print(f"{mark} {path.name}  pr_auc={pr_auc if pr_auc is None else round(pr_auc, 4)}  {path}")
+    if not dirs:
+        print(f"no bundles in {store.models_dir}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Serve an existing bundle (a rollback, or a re-promotion): verified like any promotion, then
+    recorded as a serving_model materialization, which the service picks up on its next poll."""
+    ensure_dagster_home()
+    from dagster import AssetKey, AssetMaterialization, DagsterInstance
+
+    from resources import ModelStore
+    from voicefw_assets.model_bundle import BundleError, load_bundle
+
+    path = ModelStore().models_dir / args.version
+    try:
+        bundle = load_bundle(path)  # every file's sha256, then the golden rows
+    except (BundleError, OSError) as exc:
+        print(f"refused: {path}: {exc}", file=sys.stderr)
+        return 2
+    DagsterInstance.get().report_runless_asset_event(
+        AssetMaterialization(
+            asset_key=AssetKey("serving_model"),
+            description=f"promoted by hand: {args.reason}",
+            metadata={"bundle_path": str(path), "version": bundle.version, "promoted_by": "voicefw promote", "reason": args.reason},
+        )
+    )
+    print(f"serving_model -> {bundle.version} ({path}); the service swaps on its next poll")
+    return 0
+
+
 # ---------------------------------------------------------------- serve / up
 
 
@@ -231,6 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select", default=None, help="asset selection as for `dagster asset materialize --select` (default: everything)")
     p.add_argument("--log-level", default="WARNING", help="Dagster console log level for the runs")
     p.set_defaults(func=cmd_materialize)
+
+    p = sub.add_parser("models", help="list model bundles; * marks the one being served")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("promote", help="serve an existing bundle (rollback): verify it, record a serving_model materialization")
+    p.add_argument("version", help="a folder name under $VOICEFW_HOME/models")
+    p.add_argument("--reason", default="manual promotion", help="recorded with the materialization")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("serve", help="run the scoring service")
     p.add_argument("--host", default="127.0.0.1")
