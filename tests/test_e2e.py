@@ -43,10 +43,10 @@ INGEST_CHECKS = ("rows_reconcile", "unique_call_id", "times_inside_partition", "
 
 
 # This test is about the path from a drop to a served model, not model quality (tests/test_model.py
-# and the benchmarks are): with a few thousand calls a day no candidate reaches the shipped floors
-# (PR-AUC 0.80), so the floors are off here; the gates still run and must pass, the leakage guard as shipped.
+# and docs/measurements.md are): a few thousand calls a day are too few to promise the shipped floors,
+# so they are off here; the gates still run and must pass, the leakage guard as shipped.
 TEST_MODEL_CONFIG = """\
-gates: {min_pr_auc: 0.0, min_recall_at_p99: 0.0, min_margin_pr_auc: -1.0}
+gates: {min_pr_auc: 0.0, min_recall_at_p99: 0.0, min_margin_pr_auc: -1.0, min_precision_at_fpr_0_1pct: 0.0, min_margin_recall_at_p99: -1.0}
 """
 
 
@@ -334,7 +334,7 @@ def expected_partitions(staging: Path) -> set[str]:
 
 # ------------------------------------------------------------------ the test
 
-DAYS, CALLS_PER_DAY, SEED = 3, 3000, 11  # training needs more than eval_days (2) days of features
+DAYS, CALLS_PER_DAY, SEED = 3, 3000, 11  # training needs min_train_days + eval_days of features
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:gql")  # dagster-graphql's client on gql 4

@@ -51,10 +51,10 @@ def chain(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     home = tmp_path_factory.mktemp("vf")
     mp.setenv("VOICEFW_HOME", str(home))
-    # the small fixture's weak labels cap every model near the same PR-AUC (impatient humans look like
-    # flash calls): let the candidate tie logistic regression here; test_failed_gate_skips_promotion tests the gate
+    # the small fixture is easy (one rotating range per campaign): logistic regression ties LightGBM
+    # near PR-AUC 1.0 here, so let the candidate tie it; test_failed_gate_skips_promotion tests the gate
     cfg = home / "model_config.yaml"
-    cfg.write_text("gates: {min_margin_pr_auc: -0.05, min_pr_auc: 0.7}\n")
+    cfg.write_text("gates: {min_margin_pr_auc: -0.01}\n")
     mp.setenv("VOICEFW_MODEL_CONFIG", str(cfg))
     make_mapped_cdrs(paths().warehouse, DAYS, n_normal=1500, seed=11, truth_root=paths().ground_truth)
     with instance_for_test() as instance:
@@ -77,14 +77,24 @@ def _meta(instance, key):
 def test_chain_promotes_a_verified_bundle(chain):
     inst = chain["instance"]
     labels = _meta(inst, "call_labels")
-    assert labels["flash_label_recall"] > 0.9 and 0.3 < labels["flash_label_precision"] < 1.0  # weak, and we say so
+    # campaign evidence makes the labels precise: the fixture's impatient humans (short, caller-cancelled,
+    # scattered over a shared range) stay normal; its rotating ranges are flash, its bait number wangiri
+    assert labels["flash_label_recall"] > 0.95 and labels["flash_label_precision"] > 0.95
+    assert "| flash | flash_range |" in labels["label_counts"] and "| wangiri | wangiri_range |" in labels["label_counts"]
     model = _meta(inst, "flash_call_model")
     assert model["train_partitions"] == DAYS[:3] and model["eval_partitions"] == DAYS[3:]
-    assert model["lightgbm/pr_auc"] >= 0.8 and "data:image/png;base64," in model["pr_curve"]
+    assert model["lightgbm/pr_auc"] >= 0.9 and "data:image/png;base64," in model["pr_curve"]
+    assert "weak labels" in model["metrics"] and "lightgbm" in model["metrics_vs_ground_truth"]
+    # evaluated against ground truth too (every fixture call has truth), and the label gap reported
+    assert model["truth_rows"] == model["eval_rows"] and model["truth/lightgbm/pr_auc"] >= 0.9
+    assert model["label_vs_truth/flash_precision"] > 0.95 and model["label_vs_truth/flash_recall"] > 0.95
     for m in ("lightgbm", "logistic_regression", "rules"):
-        assert 0 <= model[f"{m}/recall_at_p99"] <= 1 and 0 <= model[f"{m}/precision_at_fpr_0_1pct"] <= 1
+        for t in ("", "truth/"):
+            assert 0 <= model[f"{t}{m}/recall_at_p99"] <= 1 and 0 <= model[f"{t}{m}/precision_at_fpr_0_1pct"] <= 1
     checks = {e.check_name: e.passed for e in chain["result"].get_asset_check_evaluations()}
     assert checks == {"quality_gate": True, "leakage_guard": True}
+    gate = next(e for e in chain["result"].get_asset_check_evaluations() if e.check_name == "quality_gate")
+    assert gate.metadata["judged_against"].value == "weak labels" and gate.metadata["failures"].value == []
     serving = _meta(inst, "serving_model")
     bundle = load_bundle(Path(serving["bundle_path"]))
     assert bundle.version == serving["version"] == Path(serving["bundle_path"]).name
@@ -164,3 +174,89 @@ def test_bundle_integrity(chain, tmp_path):
     (b / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(BundleError, match="row 0 scores"):
         load_bundle(b)
+
+
+def _label(rows: list[tuple]) -> dict[str, str]:
+    """Run the label SQL over a hand-made mapped_cdrs: rows of (call_id, start second, a, b, trunk,
+    answered, ring_s, duration_s, release_side, disposition) on 2026-03-02."""
+    from voicefw_assets.labels import call_labels_sql
+    from voicefw_assets.model_config import DEFAULT_PATH, load_model_config
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("""CREATE TABLE mapped_cdrs (operator VARCHAR, call_id VARCHAR, partition_date DATE, start_time TIMESTAMPTZ,
+        a_number VARCHAR, b_number VARCHAR, ingress_trunk VARCHAR, answered BOOLEAN, ring_s DOUBLE, duration_s DOUBLE,
+        release_side VARCHAR, disposition VARCHAR)""")
+    con.executemany("""INSERT INTO mapped_cdrs VALUES ('op', ?, DATE '2026-03-02',
+        TIMESTAMPTZ '2026-03-02 00:00:00+00' + to_seconds(?), ?, ?, ?, ?, ?, ?, ?, ?)""", rows)
+    out = dict(con.execute(call_labels_sql("2026-03-02", load_model_config(DEFAULT_PATH).labels)).df()[["call_id", "label"]].values)
+    con.close()
+    return out
+
+
+def test_labels_read_campaign_behaviour_not_one_call():
+    flash = ("t-in", False, 1.2, 0.0, "caller", "cancelled")
+    rows = []
+    # a flash-call provider rotating the last 4 digits of one range: flash, its busy attempt too; a
+    # voice OTP read out from the same range is a conversation, so normal
+    rows += [(f"otp{i}", 3600 + 40 * i, f"+3712345{1000 + 37 * i}", f"+4930{5550000 + i}", *flash) for i in range(12)]
+    rows += [("otp_busy", 3700, "+37123459999", "+4930555999", "t-in", False, 0.0, 0.0, "callee", "busy"),
+             ("otp_voice", 3800, "+37123458888", "+4930555888", "t-in", True, 4.0, 31.0, "caller", "answered")]
+    # no release side (Asterisk): short 'no_answer' calls of a rotating range still are a campaign
+    rows += [(f"ast{i}", 7200 + 30 * i, f"+2348099{2000 + 11 * i}", f"+4477{7000000 + i}", "ast", False, 2.0, 0.0,
+              "unknown", "no_answer") for i in range(8)]
+    # an impatient human: one short cancel among its range's ordinary calls -> normal
+    rows += [("human", 9000, "+447700900123", "+4930111111", *flash)]
+    rows += [(f"neigh{i}", 9100 + i, f"+44770090{i}124", "+4930111112", "t-in", True, 6.0, 90.0, "callee", "answered") for i in range(5)]
+    # a call-centre dialer: many B-numbers, mostly long unanswered or answered, a few short abandons -> normal
+    rows += [(f"dial{i}", 36000 + 60 * i, f"+44330012{i:03d}", f"+4420{7000000 + i}", "t-dom", i % 3 == 0, 20.0,
+              60.0 if i % 3 == 0 else 0.0, "caller", "answered" if i % 3 == 0 else "cancelled") for i in range(20)]
+    rows += [(f"abandon{i}", 37300 + i, f"+44330012{100 + i:03d}", f"+4420{8000000 + i}", *flash) for i in range(4)]
+    # wangiri: two fixed bait numbers ringing many B-numbers once; a victim calls back -> callback
+    rows += [(f"w{i}", 72000 + 20 * i, f"+8821600000{i % 2}", f"+4915{1000000 + i}", "t-intl", False, 1.0, 0.0, "caller",
+              "cancelled") for i in range(12)]
+    rows += [("victim_calls_back", 75000, "+49151000003", "+88216000001", "t-out", True, 5.0, 120.0, "callee", "answered")]
+    rows += [("human_calls_back", 9500, "+4930111111", "+447700900123", "t-out", True, 5.0, 60.0, "callee", "answered")]
+    # a SIM farm: unrelated-looking numbers, all on one trunk within two minutes -> flash (trunk burst);
+    # the same trunk's scattered short cancels stay normal
+    rows += [(f"sim{i}", 50000 + 12 * i, f"+447{i}1234567{i}", f"+4417{i}000000", "simbox", False, 1.0, 0.0, "caller",
+              "cancelled") for i in range(10)]
+    rows += [(f"lone{i}", 10000 + 5000 * i, f"+449{i}7654321{i}", f"+4418{i}000000", "simbox", False, 1.0, 0.0, "caller",
+              "cancelled") for i in range(3)]
+    lab = _label(rows)
+    assert all(lab[f"otp{i}"] == "flash" for i in range(12)) and lab["otp_busy"] == "flash"
+    assert lab["otp_voice"] == "normal"
+    assert all(lab[f"ast{i}"] == "flash" for i in range(8))
+    assert lab["human"] == "normal" and lab["human_calls_back"] == "normal"
+    assert {lab[f"dial{i}"] for i in range(20)} | {lab[f"abandon{i}"] for i in range(4)} == {"normal"}
+    assert {lab[f"w{i}"] for i in range(12)} == {"wangiri"} and lab["victim_calls_back"] == "callback"
+    assert {lab[f"sim{i}"] for i in range(10)} == {"flash"} and {lab[f"lone{i}"] for i in range(3)} == {"normal"}
+
+
+def test_time_split_keeps_enough_training_days():
+    from voicefw_assets.model_config import TrainingConfig
+
+    cfg = TrainingConfig(eval_days=2, min_train_days=2)
+    days = [f"2026-03-0{i}" for i in range(1, 8)]
+    assert M.split_days(days[:3], cfg) == (days[:2], days[2:3])  # `make run`: 3 days -> 2 train + 1 eval
+    assert M.split_days(days, cfg) == (days[:5], days[5:])
+    with pytest.raises(ValueError, match="at least"):
+        M.split_days(days[:2], cfg)
+
+
+def test_gate_rejects_a_noise_model_and_passes_a_good_one():
+    from voicefw_assets.model_config import DEFAULT_PATH, load_model_config
+
+    g = load_model_config(DEFAULT_PATH).gates
+    rng = np.random.default_rng(3)
+    y = (rng.random(20000) < 0.05).astype(int)
+    good = y * rng.uniform(0.3, 1, len(y)) + (1 - y) * rng.beta(1, 30, len(y))
+    weaker = y * rng.uniform(0, 1, len(y)) + (1 - y) * rng.beta(1, 8, len(y))
+    noise = rng.random(len(y))
+    m = {"lightgbm": M.evaluate(y, good), "logistic_regression": M.evaluate(y, weaker), "rules": M.evaluate(y, weaker ** 2)}
+    assert M.gate_failures(m, g) == []
+    bad = dict(m, lightgbm=M.evaluate(y, noise))
+    failures = M.gate_failures(bad, g)
+    assert any("PR-AUC" in f and "floor" in f for f in failures)
+    assert any("does not beat logistic_regression" in f for f in failures)
+    assert any("precision@FPR0.1%" in f for f in failures)

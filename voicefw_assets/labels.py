@@ -1,23 +1,40 @@
 """Outcome labels of calls: the ONE documented place for the label rules.
 
-Labels read outcome fields (answered, ring_s, release_side, disposition) — the things features
-must never read. They are weak labels, from the CDR alone:
+Labels read outcome fields (answered, ring_s, release_side, disposition, duration_s) of the call
+AND of other calls of the same UTC day — things features must never read. They are weak labels
+from CDRs alone; their precision/recall against simulator ground truth is measured
+(`label_quality_sql`) and shown on every call_labels partition.
 
-* flash_like (the outcome pattern): not answered, rang <= `flash_max_ring_s` seconds, and dropped by
-  the caller: release_side = 'caller', or disposition = 'cancelled', or — where the source cannot
-  say who released (operator_a/Asterisk: release_side is always 'unknown') — disposition
-  'no_answer'. So on operator_a every short unanswered call is flash_like: an impatient human
-  caller is indistinguishable from a flash call there, which costs precision.
-* wangiri: flash_like, and the same A-number made flash_like calls to >= `wangiri_min_b_numbers`
-  distinct B-numbers that UTC day (a fixed bait number that wants call-backs; flash-call/OTP
-  providers rotate the A-number's last digits instead).
-* flash: flash_like and not wangiri.
-* callback: answered, and the called number (b_number) made a flash_like call to this call's
-  A-number within `callback_window_h` before this call started (a victim calling back).
-* normal: everything else (busy and failed calls included).
+A single short unanswered call says little: impatient humans hang up after one ring too, and on
+operator_a (Asterisk) nobody can tell who released. What a flash-call campaign cannot hide is its
+*behaviour over the day*, so labels are decided per A-number range and day:
 
-The model's target is label = 'flash'. Against simulator ground truth the labels' precision and
-recall are measured per class (`label_quality_sql`).
+* flash_like (one call's outcome): not answered, rang <= `flash_max_ring_s`, dropped by the
+  caller (release_side 'caller', or disposition 'cancelled', or — where the source cannot say who
+  released — 'no_answer').
+* campaign range: an A-number prefix (the A-number without its last k digits, for each k in
+  `campaign_levels`: providers rotate 4 to 6 trailing digits) that made >= `campaign_min_calls`
+  flash_like calls that day, which are >= `campaign_min_share` of all its calls that day.
+  If those calls came from many distinct A-numbers (distinct / flash_like >= `campaign_min_distinct`)
+  it is a flash range (OTP providers rotate the A-number); otherwise a wangiri range (a handful of
+  fixed bait numbers that want call-backs). A call-centre dialer's range fails the share test.
+* bait number: an A-number that made flash_like calls to >= `wangiri_min_b_numbers` distinct
+  B-numbers that day.
+* burst: a flash_like call on an ingress trunk that carried >= `burst_min_calls` flash_like calls
+  from distinct A-numbers within +-`burst_window_s`, at >= `burst_min_ratio` times the trunk's
+  flash_like rate over the surrounding 6x wider window (SIM farms use random-looking numbers, so
+  only the trunk shows the campaign).
+
+Classes, first match wins:
+* wangiri: from a wangiri range or a bait number, except answered calls longer than `max_answered_s`.
+* flash: from a flash range (any outcome: busy and failed attempts are part of the campaign),
+  except answered calls longer than `max_answered_s` (voice OTPs read out from the same range are
+  legitimate); or a burst call.
+* callback: a call to an A-number of a flash/wangiri range or bait number that called this call's
+  A-number within `callback_window_h` before (a victim calling back, answered or not).
+* normal: everything else — including flash_like calls without campaign evidence.
+
+The model's target is label = 'flash'.
 """
 
 from __future__ import annotations
@@ -27,36 +44,81 @@ from voicefw_assets.model_config import LabelConfig
 LABELS = ("normal", "flash", "wangiri", "callback")
 
 
-def call_labels_sql(day: str, cfg: LabelConfig, source: str = "mapped_cdrs") -> str:
-    """SELECT operator, call_id, partition_date, start_time, label, flash_like for the calls of `day`."""
-    flash_like = f"""(NOT coalesce(answered, false) AND coalesce(ring_s, 1e9) <= {cfg.flash_max_ring_s}
+def flash_like_sql(cfg: LabelConfig) -> str:
+    """One call's outcome looks like a flash call (SQL boolean over mapped_cdrs columns)."""
+    return f"""(NOT coalesce(answered, false) AND coalesce(ring_s, 1e9) <= {cfg.flash_max_ring_s}
         AND (release_side = 'caller' OR disposition = 'cancelled'
              OR (release_side = 'unknown' AND disposition = 'no_answer')))"""
+
+
+def call_labels_sql(day: str, cfg: LabelConfig, source: str = "mapped_cdrs") -> str:
+    """SELECT operator, call_id, partition_date, start_time, label, flash_like, evidence for the calls of `day`.
+
+    Reads `day` and the day before (call-backs look back `callback_window_h`); range, bait and
+    burst evidence is per UTC day."""
+    levels = ", ".join(f"({k})" for k in cfg.campaign_levels)
+    w = cfg.burst_window_s
     return f"""
 WITH c AS (
-  SELECT operator, call_id, partition_date, start_time, a_number, b_number, answered, {flash_like} AS flash_like
+  SELECT operator, call_id, partition_date, start_time, epoch(start_time) AS t, a_number, b_number, ingress_trunk,
+    coalesce(answered, false) AND coalesce(duration_s, 0) > {cfg.max_answered_s} AS conversation,
+    {flash_like_sql(cfg)} AS flash_like
   FROM {source}
   WHERE partition_date BETWEEN DATE '{day}' - 1 AND DATE '{day}'
 ),
-bait AS (  -- fixed A-numbers doing flash-like calls to many B-numbers that day
-  SELECT a_number FROM c
-  WHERE flash_like AND a_number IS NOT NULL AND partition_date = DATE '{day}'
-  GROUP BY a_number HAVING count(DISTINCT b_number) >= {cfg.wangiri_min_b_numbers}
+ck AS (  -- every call once per range level: its A-number without the last k digits
+  SELECT c.operator, c.call_id, c.partition_date, c.a_number, c.flash_like, lv.k, c.a_number[1:-(lv.k + 1)] AS rng
+  FROM c JOIN (VALUES {levels}) lv(k) ON length(c.a_number) > lv.k + 4
 ),
-cb AS (  -- answered calls whose A-number was flash-called by their B-number shortly before
+ranges AS (
+  SELECT partition_date, k, rng,
+    CASE WHEN count(DISTINCT a_number) FILTER (WHERE flash_like)
+              >= {cfg.campaign_min_distinct} * count(*) FILTER (WHERE flash_like) THEN 'flash' ELSE 'wangiri' END AS kind
+  FROM ck GROUP BY ALL
+  HAVING count(*) FILTER (WHERE flash_like) >= {cfg.campaign_min_calls}
+     AND count(*) FILTER (WHERE flash_like) >= {cfg.campaign_min_share} * count(*)
+),
+camp AS (
+  SELECT ck.operator, ck.call_id, bool_or(r.kind = 'flash') AS flash_range, bool_or(r.kind = 'wangiri') AS wangiri_range
+  FROM ck JOIN ranges r USING (partition_date, k, rng) GROUP BY ALL
+),
+bait AS (
+  SELECT partition_date, a_number FROM c WHERE flash_like AND a_number IS NOT NULL
+  GROUP BY ALL HAVING count(DISTINCT b_number) >= {cfg.wangiri_min_b_numbers}
+),
+fl AS (  -- flash_like calls with their trunk's flash_like activity around them
+  SELECT operator, call_id,
+    count(DISTINCT a_number) OVER (PARTITION BY operator, ingress_trunk, partition_date ORDER BY t
+      RANGE BETWEEN {w} PRECEDING AND {w} FOLLOWING) AS near,
+    count(*) OVER (PARTITION BY operator, ingress_trunk, partition_date ORDER BY t
+      RANGE BETWEEN {6 * w} PRECEDING AND {6 * w} FOLLOWING) AS wide
+  FROM c WHERE flash_like AND ingress_trunk IS NOT NULL AND partition_date = DATE '{day}'
+),
+lab AS (
+  SELECT c.*,
+    CASE WHEN (coalesce(camp.wangiri_range, false) OR bait.a_number IS NOT NULL) AND NOT c.conversation THEN 'wangiri'
+         WHEN coalesce(camp.flash_range, false) AND NOT c.conversation THEN 'flash'
+         WHEN fl.near >= {cfg.burst_min_calls} AND fl.near * 6 >= {cfg.burst_min_ratio} * fl.wide THEN 'flash'
+         END AS campaign_label,
+    CASE WHEN coalesce(camp.flash_range, false) THEN 'flash_range' WHEN coalesce(camp.wangiri_range, false) THEN 'wangiri_range'
+         WHEN bait.a_number IS NOT NULL THEN 'bait_number' WHEN fl.near >= {cfg.burst_min_calls}
+           AND fl.near * 6 >= {cfg.burst_min_ratio} * fl.wide THEN 'trunk_burst' END AS evidence
+  FROM c LEFT JOIN camp USING (operator, call_id) LEFT JOIN bait USING (partition_date, a_number)
+    LEFT JOIN fl USING (operator, call_id)
+),
+cb AS (  -- calls to a campaign A-number that called this caller shortly before
   SELECT DISTINCT x.operator, x.call_id
-  FROM c x JOIN c y ON y.flash_like AND y.a_number = x.b_number AND y.b_number = x.a_number
+  FROM lab x JOIN lab y ON y.campaign_label IS NOT NULL AND y.a_number = x.b_number AND y.b_number = x.a_number
     AND y.start_time < x.start_time AND y.start_time >= x.start_time - INTERVAL {cfg.callback_window_h} HOUR
-  WHERE x.partition_date = DATE '{day}' AND x.answered
+  WHERE x.partition_date = DATE '{day}' AND x.campaign_label IS NULL
 )
-SELECT c.operator, c.call_id, c.partition_date, c.start_time,
-  CASE WHEN c.flash_like AND bait.a_number IS NOT NULL THEN 'wangiri'
-       WHEN c.flash_like THEN 'flash'
-       WHEN cb.call_id IS NOT NULL THEN 'callback'
-       ELSE 'normal' END AS label,
-  c.flash_like
-FROM c LEFT JOIN bait USING (a_number) LEFT JOIN cb USING (operator, call_id)
-WHERE c.partition_date = DATE '{day}'
+SELECT lab.operator, lab.call_id, lab.partition_date, lab.start_time,
+  CASE WHEN lab.campaign_label IS NOT NULL THEN lab.campaign_label
+       WHEN cb.call_id IS NOT NULL THEN 'callback' ELSE 'normal' END AS label,
+  lab.flash_like,
+  CASE WHEN lab.campaign_label IS NOT NULL THEN lab.evidence WHEN cb.call_id IS NOT NULL THEN 'called_back' END AS evidence
+FROM lab LEFT JOIN cb USING (operator, call_id)
+WHERE lab.partition_date = DATE '{day}'
 """
 
 
