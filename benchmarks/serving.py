@@ -1,6 +1,6 @@
 """Serving benchmark: voicefw's scoring sidecar vs `mlflow models serve`, same LightGBM model.
 
-    .venv/bin/python benchmarks/serving.py [--duration 10] [--workers 1] [--batch 100] [--no-mlflow]
+    .venv/bin/python benchmarks/serving.py [--duration 10] [--workers 1] [--batch 100] [--pin] [--no-mlflow]
 
 Builds a real bundle (200 rounds, 31 leaves, as model_config.yaml) from synthetic calls, announces
 it as a `serving_model` materialization in a throwaway Dagster instance, starts the service with
@@ -10,7 +10,8 @@ the online history grows as in production), or, without wrk, a fixed-count async
 Then it serves the same booster with `mlflow models serve` (optional 'bench' extra) and loads it
 the same way. Prints req/s, p50 and p99 for single and batch scoring. Numbers, not assertions:
 the targets (2 cores) are single >= 3,000 req/s with p99 <= 10 ms at 16 connections and >= 20x
-MLflow, batch >= 50,000 calls/s.
+MLflow, batch >= 50,000 calls/s. `--pin` puts each server on core 0 and wrk on core 1 (taskset).
+Results and what limits them: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -91,19 +92,28 @@ def _cpu_seconds(pid: int | None) -> float:
     return sum(p.cpu_times().user + p.cpu_times().system for p in procs if p.is_running())
 
 
+PIN: dict[str, int] = {}  # --pin: {"server": core, "client": core}
+
+
+def pin_server(pid: int) -> None:
+    """--pin: the server process on one core (the load generator gets the other)."""
+    if PIN:
+        os.sched_setaffinity(pid, {PIN["server"]})
+
+
 def run_wrk(url: str, script: str, connections: int, duration: int, workdir: Path, pid: int | None = None) -> dict:
     lua = workdir / f"bench-{abs(hash(script)) % 10**8}.lua"
     lua.write_text(script)
     cpu0 = _cpu_seconds(pid)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s", "-s", str(lua), url],
+        (["taskset", "-c", str(PIN["client"])] if PIN else []) + ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s", "-s", str(lua), url],
         capture_output=True, text=True, timeout=duration + 60,
     ).stdout
     cpu = _cpu_seconds(pid) - cpu0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
-    p50 = _unit_ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = _unit_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    p50 = _unit_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # anchored: "68.50%" (a stdev) is not it
+    p99 = _unit_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "non2xx": int(errors.group(1)) if errors else 0,
@@ -167,6 +177,7 @@ def bench_voicefw(args, workdir: Path, bundle_path: Path, version: str) -> dict:
     results = {}
     with ServerProcess(env, workers=args.workers, log_path=workdir / "voicefw.log") as srv:
         wait_http(srv.url + "/readyz", ok=(200,))
+        pin_server(srv.proc.pid)
         if shutil.which("wrk"):
             run_wrk(srv.url, SINGLE_LUA, 16, 2, workdir)  # warm-up
             pid = srv.proc.pid
@@ -208,6 +219,8 @@ def bench_mlflow(args, workdir: Path, bundle_path: Path, feature_names: list[str
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/ping", timeout_s=120, ok=(200,))
+        for p in [proc.pid, *(c.pid for c in __import__("psutil").Process(proc.pid).children(recursive=True))]:
+            pin_server(p)  # mlflow execs uvicorn (and its workers) as children
         row = [0.0] * len(feature_names)
         single = json.dumps({"dataframe_split": {"columns": feature_names, "data": [row]}})
         batch = json.dumps({"dataframe_split": {"columns": feature_names, "data": [row] * args.batch}})
@@ -238,7 +251,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="uvicorn workers (voicefw and mlflow alike)")
     ap.add_argument("--batch", type=int, default=100, help="calls per batch request")
     ap.add_argument("--no-mlflow", action="store_true")
+    ap.add_argument("--pin", action="store_true", help="server on core 0, wrk on core 1 (taskset)")
     args = ap.parse_args()
+    if args.pin and os.cpu_count() and os.cpu_count() >= 2 and shutil.which("taskset"):
+        PIN.update(server=0, client=1)
 
     workdir = Path(tempfile.mkdtemp(prefix="voicefw-bench-"))
     try:
@@ -247,7 +263,7 @@ def main() -> None:
         feature_names = json.loads((bundle_path / "features.json").read_text())["feature_names"]
         print(f"bundle {version}: 200 rounds x 31 leaves, {len(feature_names)} features ({time.time() - t:.1f}s)")
         print(f"load generator: {'wrk -t1 (Debian)' if shutil.which('wrk') else 'asyncio/httpx client'}; "
-              f"{args.workers} worker(s); {os.cpu_count()} cores; load average {os.getloadavg()}")
+              f"{args.workers} worker(s); {os.cpu_count()} cores; pinned {PIN or 'no'}; load average {os.getloadavg()}")
         rows = [("voicefw", bench_voicefw(args, workdir, bundle_path, version))]
         if not args.no_mlflow:
             rows.append(("mlflow models serve", bench_mlflow(args, workdir, bundle_path, feature_names)))

@@ -39,7 +39,6 @@ from serving.metrics import MetricsMiddleware, ServiceMetrics
 from serving.numbers import InvalidNumber, normalize_number
 from serving.registry import LoadedModel, ModelRegistry, Refusal
 from serving.settings import ServingSettings
-from voicefw_assets.model_bundle import feature_row
 from voicefw_assets.online_features import OnlineHistory
 from voicefw_assets.operators import NumberPlan, operator_configs
 
@@ -194,19 +193,35 @@ class FixedWindowRateLimit(RateLimitMiddleware):
     """
 
     async def __call__(self, scope, receive, send) -> None:
-        windows: dict[str, tuple[int, int]] = self.config.windows  # type: ignore[attr-defined]
         key = self.get_identifier_for_request(scope["litestar_app"].request_class(scope))
-        now = int(time())
-        reset, count = windows.get(key, (0, 0))
-        if reset <= now:
-            if len(windows) > 10_000:  # bounded memory under many clients
-                for k in [k for k, v in windows.items() if v[0] <= now]:
-                    del windows[k]
-            reset, count = now + DURATION_VALUES[self.unit], 0
-        if count >= self.max_requests:
-            raise TooManyRequestsException(headers={"Retry-After": str(max(reset - now, 1))})
-        windows[key] = (reset, count + 1)
+        retry_after = take_request(self.config, key)  # type: ignore[arg-type]
+        if retry_after:
+            raise TooManyRequestsException(headers={"Retry-After": str(retry_after)})
         await self.app(scope, receive, send)
+
+
+def take_request(config: SharedRateLimitConfig, key: str) -> int:
+    """Count one request of client `key` in its fixed window: 0 if allowed, else the seconds until
+    the window resets (a refused request is not counted)."""
+    windows = config.windows
+    now = int(time())
+    reset, count = windows.get(key, (0, 0))
+    if reset <= now:
+        if len(windows) > 10_000:  # bounded memory under many clients
+            for k in [k for k, v in windows.items() if v[0] <= now]:
+                del windows[k]
+        reset, count = now + DURATION_VALUES[config.rate_limit[0]], 0
+    if count >= config.rate_limit[1]:
+        return max(reset - now, 1)
+    windows[key] = (reset, count + 1)
+    return 0
+
+
+def authorized(header: str, keys: tuple[bytes, ...]) -> bool:
+    """`Authorization: Bearer <key>` with one of `keys` (constant-time comparison)."""
+    scheme, _, token = header.partition(" ")
+    given = token.strip().encode()
+    return scheme.lower() == "bearer" and any(hmac.compare_digest(given, k) for k in keys)
 
 
 @dataclass
@@ -228,7 +243,7 @@ class ScoringService:
             asset_key=settings.asset_key,
         )
         self.registry.on_swap = self._on_swap
-        self.registry.on_refuse = lambda _r: self.metrics.refusals.inc()
+        self.registry.on_refuse = self._on_refuse
         self._plans: dict[str, NumberPlan] = {name: cfg.numbers for name, cfg in operator_configs().items()}
         self._numbers: dict[tuple[str, str | None], str | None] = {}  # (operator, raw) -> E.164, bounded
         self._unfrozen_calls = 0
@@ -260,6 +275,9 @@ class ScoringService:
         self._numbers[key] = value
         return value
 
+    def _on_refuse(self, _refusal: Refusal) -> None:
+        self.metrics.refusals += 1
+
     def _on_swap(self, model: LoadedModel) -> None:
         """Called in the poller thread before the model becomes visible.
 
@@ -283,8 +301,9 @@ class ScoringService:
             )
         return model, history
 
-    def canonical(self, call: CallSetup, where: str) -> dict:
-        """The call as the history and the batch features see it: UTC time, E.164 numbers."""
+    def canonical(self, call: CallSetup, where: str) -> tuple:
+        """The call as the history and the batch features see it: (operator, call_id, UTC start,
+        E.164 A and B numbers, trunk)."""
         plan = self._plans.get(call.operator)
         if plan is None:
             raise _invalid(f"{where}operator", f"unknown operator {call.operator!r}; known: {sorted(self._plans)}")
@@ -298,34 +317,40 @@ class ScoringService:
             raise _invalid(f"{where}b_number", str(exc)) from None
         if b_number is None:
             raise _invalid(f"{where}b_number", "b_number is required (withheld or empty is not a callee)")
-        return {
-            "operator": call.operator,
-            "call_id": call.call_id,
-            "start_time": call.start_time.astimezone(UTC),
-            "a_number": a_number,
-            "b_number": b_number,
-            "ingress_trunk": (call.ingress_trunk or "").strip(" ") or None,  # as the mapping: trimmed, '' is NULL
-        }
+        trunk = call.ingress_trunk
+        if trunk is not None:
+            trunk = trunk.strip(" ") or None  # as the mapping: trimmed, '' is NULL
+        return (call.operator, call.call_id, call.start_time.astimezone(UTC), a_number, b_number, trunk)
 
     def score(self, calls: list[CallSetup], include_features: bool, explain: bool, prefix: str
               ) -> tuple[LoadedModel, list[ScoreResult]]:
         """Features in start-time order (each call sees the earlier ones), one predict for all.
 
-        Reasons (TreeSHAP contributions) cost ~5x a prediction, so by default only flag/block
-        decisions carry them; `explain` or VOICEFW_REASONS=all asks for them on every call.
+        Every call is validated before the history records any of them. Reasons (TreeSHAP
+        contributions) cost ~5x a prediction, so by default only flag/block decisions carry them;
+        `explain` or VOICEFW_REASONS=all asks for them on every call.
         """
         model, history = self.model_or_503()  # one model for the whole request
-        canon = [self.canonical(c, f"{prefix}[{i}]." if prefix else "") for i, c in enumerate(calls)]
-        order = sorted(range(len(canon)), key=lambda i: canon[i]["start_time"])  # stable: ties keep request order
-        names = model.feature_names
-        X = np.empty((len(canon), len(names)), dtype=np.float64)
-        feats: list[dict[str, float]] = [{}] * len(canon)
+        return model, self.score_canonical(model, history, self.canonical_all(calls, prefix), include_features, explain)
+
+    def canonical_all(self, calls: list[CallSetup], prefix: str) -> list[tuple]:
+        """Every call validated and canonical, before the history records any of them."""
+        if prefix:
+            return [self.canonical(c, f"{prefix}[{i}].") for i, c in enumerate(calls)]
+        return [self.canonical(c, "") for c in calls]
+
+    def score_canonical(self, model: LoadedModel, history: OnlineHistory, canon: list[tuple],
+                        include_features: bool, explain: bool) -> list[ScoreResult]:
+        n = len(canon)
+        rows: list = [None] * n
+        order = range(n) if n == 1 else sorted(range(n), key=lambda i: canon[i][2])  # stable: ties keep request order
         for i in order:
-            f = history.features(canon[i])  # strictly earlier calls only
-            history.observe_start(canon[i])
-            X[i] = feature_row(f, names)[0]
-            feats[i] = f
-        probs = model.score(X)
+            rows[i] = history.score_start(*canon[i])  # features from strictly earlier calls, then records this one
+        X = np.array(rows, dtype=np.float64)  # FEATURE_NAMES order
+        if model.columns is not None:
+            X = X[:, model.columns]  # the model's own order
+        names = model.feature_names
+        probs = model.score(X).tolist()
         decisions = model.decisions(probs)
         explain_all = explain or self.settings.reasons_for == "all"
         wanted = [i for i, d in enumerate(decisions) if explain_all or d != "allow"]
@@ -336,23 +361,137 @@ class ScoringService:
             for row, i in zip(contrib, wanted, strict=True):
                 top = np.argsort(-np.abs(row), kind="stable")[:k]
                 reasons[i] = [Reason(names[j], float(X[i, j]), float(row[j])) for j in top if row[j] != 0.0]
+        version = model.version
         results = [
             ScoreResult(
-                call_id=c["call_id"], operator=c["operator"], probability=prob, decision=decisions[i],
-                model_version=model.version, reasons=reasons.get(i, []),
-                features={n: float(feats[i][n]) for n in names} if include_features else None,
+                call_id=c[1], operator=c[0], probability=prob, decision=decisions[i],
+                model_version=version, reasons=reasons.get(i, []),
+                features=dict(zip(names, X[i].tolist())) if include_features else None,
             )
-            for i, (c, prob) in enumerate(zip(canon, probs.tolist(), strict=True))
+            for i, (c, prob) in enumerate(zip(canon, probs, strict=True))
         ]
         for d in ("allow", "flag", "block"):
-            n = decisions.count(d)
-            if n:
-                self.metrics.count_decision(d, n)
-        self.metrics.calls_scored.inc(len(canon))
-        self._unfrozen_calls += len(canon)
+            k = decisions.count(d)
+            if k:
+                self.metrics.count_decision(d, k)
+        self.metrics.calls_scored += n
+        self._unfrozen_calls += n
         if self._unfrozen_calls >= FREEZE_EVERY:
             self._freeze_history()
-        return model, results
+        return results
+
+
+    def end(self, history: OnlineHistory, data: CallEnd) -> EndAck:
+        """Feed a (validated) call end to the history."""
+        ring_s = data.ring_s
+        if ring_s is None and data.start_time is not None:  # as mapping.py: coalesce(answer, end) - start
+            ring_s = ((data.answer_time or data.end_time) - data.start_time).total_seconds()
+        history.observe_end({"operator": data.operator, "call_id": data.call_id,
+                             "end_time": data.end_time.astimezone(UTC), "answered": data.answered, "ring_s": ring_s})
+        self.metrics.call_ends += 1
+        return EndAck(operator=data.operator, call_id=data.call_id, observed=True)
+
+
+class FastScoringPath:
+    """Pure-ASGI shortcut for the hot requests, in front of Litestar.
+
+    Litestar's request machinery (kwargs model, signature parsing, response object, middleware
+    stack) costs ~120 µs of CPU per request, more than scoring a call. A well-formed POST
+    /v1/score, /v1/score/batch or /v1/calls/end without query parameters is answered here instead: the body is
+    decoded straight into the same msgspec Struct (strictly, so it accepts a subset of what
+    Litestar accepts), checked the same way (API key, body size, batch size, operator and numbers,
+    rate limit with the same counters), scored by the same `ScoringService`, and encoded by msgspec
+    to the bytes Litestar would send. Every other request, and any request this path would not
+    answer with 200 (bad body, missing key, over a limit, no model yet), goes to Litestar untouched
+    with the body already read, so every error, the OpenAPI schema and all other endpoints stay
+    Litestar's.
+    """
+
+    def __init__(self, app, service: ScoringService, rate_limit: SharedRateLimitConfig | None) -> None:
+        self.app = app
+        self.service = service
+        self.rate_limit = rate_limit
+        self.keys = tuple(k.encode() for k in service.settings.api_keys)
+        self.decoders = {"/v1/score": msgspec.json.Decoder(CallSetup), "/v1/score/batch": msgspec.json.Decoder(BatchRequest),
+                         "/v1/calls/end": msgspec.json.Decoder(CallEnd)}
+        self.encoder = msgspec.json.Encoder()
+
+    async def __call__(self, scope, receive, send) -> None:
+        decoder = self.decoders.get(scope["path"]) if scope["type"] == "http" else None
+        if decoder is None or scope["method"] != "POST" or scope["query_string"]:
+            await self.app(scope, receive, send)
+            return
+        length, auth = b"", b""
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"authorization":
+                auth = value
+        if not length.isdigit() or int(length) > self.service.settings.max_body_bytes:
+            await self.app(scope, receive, send)  # chunked or too big: Litestar reads (and limits) it
+            return
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        answer = self._answer(scope, decoder, body, auth) if len(body) <= self.service.settings.max_body_bytes else None
+        if answer is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+    def _answer(self, scope, decoder: msgspec.json.Decoder, body: bytes, auth: bytes) -> bytes | None:
+        """The 200 response body, or None to let Litestar answer. Nothing is counted or recorded
+        before every check has passed."""
+        service = self.service
+        try:
+            data = decoder.decode(body)
+        except msgspec.DecodeError:  # ValidationError included
+            return None
+        if self.keys and not authorized(auth.decode("latin-1"), self.keys):
+            return None
+        if isinstance(data, CallEnd):
+            if service.history is None or service.registry.current is None or data.operator not in service._plans:
+                return None
+            if self.rate_limit is not None and self._limited(scope):
+                return None
+            return self.encoder.encode(service.end(service.history, data))
+        batch = isinstance(data, BatchRequest)
+        calls = data.calls if batch else [data]
+        if len(calls) > service.settings.max_batch:
+            return None
+        model, history = service.registry.current, service.history
+        if model is None or history is None:
+            return None
+        try:
+            canon = service.canonical_all(calls, "calls" if batch else "")
+        except ValidationException:
+            return None
+        if self.rate_limit is not None and self._limited(scope):
+            return None
+        results = service.score_canonical(model, history, canon, include_features=False, explain=False)
+        return self.encoder.encode(BatchResult(model.version, results) if batch else results[0])
+
+    def _limited(self, scope) -> bool:
+        """Count the request against the client's rate limit; True if over it (then not counted)."""
+        client = scope.get("client")  # what Litestar's get_remote_address reads
+        return bool(take_request(self.rate_limit, client[0] if client else "127.0.0.1"))
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that yields the already-read body first, then defers to the real one."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay():
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 def _finite(value: Any) -> Any:
@@ -378,10 +517,7 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True) ->
     async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # async: sync guards go to a thread pool
         if not keys:
             return
-        header = connection.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        given = token.strip().encode()
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(given, k) for k in keys):
+        if not authorized(connection.headers.get("authorization", ""), keys):
             raise NotAuthorizedException(detail="missing or invalid API key (Authorization: Bearer <key>)")
 
     guards = [require_api_key] if keys else []  # no keys configured: no guard at all (it costs ~25 µs a request)
@@ -404,15 +540,7 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True) ->
         _, history = service.model_or_503()
         if data.operator not in service._plans:
             raise _invalid("operator", f"unknown operator {data.operator!r}")
-        end = {f: getattr(data, f) for f in data.__struct_fields__}
-        end["end_time"] = data.end_time.astimezone(UTC)
-        if data.answer_time is not None:
-            end["answer_time"] = data.answer_time.astimezone(UTC)
-        if data.ring_s is None and data.start_time is not None:  # as mapping.py: coalesce(answer, end) - start
-            end["ring_s"] = ((data.answer_time or data.end_time) - data.start_time).total_seconds()
-        history.observe_end(end)
-        service.metrics.call_ends.inc()
-        return EndAck(operator=data.operator, call_id=data.call_id, observed=True)
+        return service.end(history, data)
 
     @get("/v1/model", guards=guards, summary="The model being served, and the last refused bundle")
     async def model_info() -> ModelInfo:
@@ -477,7 +605,7 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True) ->
         on_shutdown=[stop_serving],
         debug=False,
     )
-    wrapped = MetricsMiddleware(app, service.metrics)
+    wrapped = MetricsMiddleware(FastScoringPath(app, service, rate_limit), service.metrics)
     wrapped.litestar = app  # type: ignore[attr-defined]
     wrapped.service = service  # type: ignore[attr-defined]
     return wrapped

@@ -15,7 +15,7 @@ from voicefw_assets.operators import NumberPlan
 
 _E164 = re.compile(E164)
 _URI = re.compile(r"^(sips?|tel):|[@;].*$")  # sip:/tel: scheme, @host and ;params
-_FORMATTING = re.compile(r"[ \t\n\f\r\-./()]")  # RE2's \s is exactly these; Python's is wider
+_FORMATTING = str.maketrans("", "", " \t\n\f\r-./()")  # RE2's \s is exactly these; Python's is wider
 
 
 class InvalidNumber(ValueError):
@@ -32,10 +32,12 @@ def normalize_number(raw: str | None, plan: NumberPlan) -> str | None:
     """
     if raw is None:
         return None
-    text = raw.strip(" ")
-    if not text or text.lower() in plan.withheld:
+    text = raw.strip(" ").lower()
+    if not text or text in plan.withheld:
         return None
-    digits = _FORMATTING.sub("", _URI.sub("", text.lower()).replace("(0)", ""))
+    if ":" in text or "@" in text or ";" in text:  # the only characters _URI can match on
+        text = _URI.sub("", text)
+    digits = text.replace("(0)", "").translate(_FORMATTING)
     if digits.startswith("+"):
         e164 = digits
     elif digits.startswith(plan.international_prefix):

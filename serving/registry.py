@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from serving.predict import FastPredictor
 from voicefw_assets.features import FEATURE_NAMES
 from voicefw_assets.model_bundle import Bundle, load_bundle, score_matrix, verify_bundle
 
@@ -44,18 +45,25 @@ class LoadedModel:
     loaded_at: datetime
     flag_threshold: float
     block_threshold: float
+    version: str = field(init=False)
+    feature_names: tuple[str, ...] = field(init=False)
+    # positions of the model's features in FEATURE_NAMES (the online row's order); None when identical
+    columns: list[int] | None = field(init=False)
+    predictor: FastPredictor = field(init=False)
 
-    @property
-    def version(self) -> str:
-        return str(self.bundle.version)
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return tuple(self.bundle.feature_names)
+    def __post_init__(self) -> None:
+        names = tuple(self.bundle.feature_names)
+        object.__setattr__(self, "version", str(self.bundle.version))
+        object.__setattr__(self, "feature_names", names)
+        object.__setattr__(self, "columns", None if names == FEATURE_NAMES else [FEATURE_NAMES.index(n) for n in names])
+        predictor = FastPredictor(self.bundle.booster, len(names))
+        X = _probe_rows(self.bundle, names)
+        predictor.check(X, score_matrix(self.bundle, X))  # the fast path must equal batch scoring bit for bit
+        object.__setattr__(self, "predictor", predictor)
 
     def score(self, X: np.ndarray) -> np.ndarray:
-        """Probabilities, computed exactly as batch scoring does."""
-        return score_matrix(self.bundle, X)
+        """Probabilities, exactly as batch scoring (`score_matrix`) computes them (checked at load)."""
+        return self.predictor.predict(X)
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """Per-feature contributions to the log-odds (TreeSHAP; last column = bias).
@@ -65,10 +73,19 @@ class LoadedModel:
         """
         return self.bundle.booster.predict(X, pred_contrib=True, num_threads=1)
 
-    def decisions(self, probabilities: np.ndarray) -> list[str]:
+    def decisions(self, probabilities: list[float]) -> list[str]:
         """allow below flag, flag from flag, block from block (flag <= block is checked at load)."""
-        codes = (probabilities >= self.flag_threshold).astype(np.int8) + (probabilities >= self.block_threshold)
-        return [DECISIONS[c] for c in codes.tolist()]
+        flag, block = self.flag_threshold, self.block_threshold
+        return [DECISIONS[(p >= flag) + (p >= block)] for p in probabilities]
+
+
+def _probe_rows(bundle: Bundle, names: tuple[str, ...]) -> np.ndarray:
+    """The golden rows plus varied synthetic rows: inputs on which the two scoring paths are compared."""
+    golden = [[float(r["features"][n]) for n in names] for r in bundle.golden_rows]
+    rng = np.random.default_rng(0)
+    scale = rng.choice([1.0, 10.0, 100.0, 3600.0, 86400.0], size=(64, len(names)))
+    synthetic = np.round(rng.random((64, len(names))) * scale, 3) - (rng.random((64, len(names))) < 0.1)
+    return np.ascontiguousarray(np.vstack([np.array(golden).reshape(-1, len(names)), synthetic]), dtype=np.float64)
 
 
 def _threshold(override: float | None, bundle: Bundle, name: str, default: float) -> float:

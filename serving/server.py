@@ -2,10 +2,10 @@
 
 One worker is the default and the recommendation: the online history is per process, so with N
 workers each would see only the calls routed to it and the history features would undercount
-(by about a factor N). One uvicorn worker with uvloop + httptools uses ~0.5 ms of CPU per
-single-call request and ~0.1 ms per call in batches (benchmarks/serving.py; most of it the
-online history); scale out by running one sidecar per switch or per operator, each with its
-own exact history, rather than by adding workers to one sidecar.
+(by about a factor N). One uvicorn worker with uvloop + httptools uses ~110-160 µs of CPU per
+single-call request and ~30-45 µs per call in batches (benchmarks/serving.py, docs/serving.md);
+scale out by running one sidecar per switch or per operator, each with its own exact history,
+rather than by adding workers to one sidecar.
 """
 
 from __future__ import annotations
