@@ -21,7 +21,9 @@ setup: $(BIN)/voicefw
 
 ## run: set up, simulate drops, materialize the whole graph, start the Dagster UI (:3000) and the scoring service (:8000)
 run: setup
-	$(BIN)/voicefw simulate --days $(DAYS) --calls-per-day $(CALLS_PER_DAY) --seed $(SEED)
+	@if [ -z "$$(ls -A $(VOICEFW_HOME)/landing 2>/dev/null)" ]; then \
+		$(BIN)/voicefw simulate --days $(DAYS) --calls-per-day $(CALLS_PER_DAY) --seed $(SEED); \
+	else echo "$(VOICEFW_HOME)/landing already has drops: not simulating again (make clean starts over)"; fi
 	$(BIN)/voicefw materialize
 	$(BIN)/voicefw up
 
