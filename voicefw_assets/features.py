@@ -1,7 +1,7 @@
 """Call features known at call setup: the ONE home of the feature definitions.
 
 A call's features are (1) its own setup fields and (2) the history of STRICTLY EARLIER calls
-(start_time < this start_time; ties excluded) per A-number, A-range, B-number and ingress trunk,
+(start_time < this start_time; ties excluded) per A-number, A-range, A-block, B-number and ingress trunk,
 over windows [t - w, t). Outcome fields of the call itself never appear. An earlier call's outcome
 (answered, ring time) is used only through "end events": a call counts in an outcome share only if
 it ENDED inside [t - w, t), i.e. strictly before this call started.
@@ -25,7 +25,9 @@ MAX_WINDOW_S = 24 * 3600  # largest window = how much history the batch reads / 
 SINCE_PREV_CAP_S = float(MAX_WINDOW_S)  # "no earlier call within 24 h"
 NO_ENDED = -1.0  # outcome share when no earlier call ended in the window
 
-KEYS = ("a_number", "a_range", "b_number", "ingress_trunk")
+KEYS = ("a_number", "a_range", "a_block", "b_number", "ingress_trunk")
+# keys derived from the A-number by dropping trailing digits: key -> digits dropped
+A_PREFIX_KEYS = {"a_range": 4, "a_block": 6}
 # stat -> which column is counted distinctly ("distinct_b": distinct B-numbers, "distinct_a":
 # distinct A-numbers, i.e. distinct A-suffixes within an A-range or towards a B-number)
 DISTINCT_COLUMN = {"distinct_b": "b_number", "distinct_a": "a_number"}
@@ -59,6 +61,8 @@ def _build() -> tuple[HistoryFeature, ...]:
         "a_number": {"count": (M, H, D), "distinct_b": (H,), "since_prev": (D,), "su_share": (D,)},
         "b_number": {"count": (M, H, D), "distinct_a": (H,), "since_prev": (D,), "su_share": (D,)},
         "ingress_trunk": {"count": (M, H), "su_share": (H,)},
+        # coarser block: flash campaigns rotate 5-6 trailing digits, beyond one a_range
+        "a_block": {"count": (H,), "distinct_a": (H,), "su_share": (H, D)},
     }
     return tuple(HistoryFeature(k, s, w) for k, stats in spec.items() for s, ws in stats.items() for w in ws)
 
@@ -100,11 +104,21 @@ def country_codes() -> dict[int, frozenset[str]]:
     return {k: frozenset(v) for k, v in out.items()}
 
 
+def _a_prefix(a_number: str | None, drop: int) -> str | None:
+    """The A-number without its last `drop` characters; None unless at least 2 remain ('+' and a digit)."""
+    if a_number is None or len(a_number) <= drop + 1:
+        return None
+    return a_number[:-drop]
+
+
 def a_range_of(a_number: str | None) -> str | None:
     """The A-number without its last 4 digits (the block a flash-call OTP provider rotates in)."""
-    if a_number is None or len(a_number) <= 5:
-        return None
-    return a_number[:-4]
+    return _a_prefix(a_number, A_PREFIX_KEYS["a_range"])
+
+
+def a_block_of(a_number: str | None) -> str | None:
+    """The A-number without its last 6 digits (campaigns that rotate 5-6 trailing digits)."""
+    return _a_prefix(a_number, A_PREFIX_KEYS["a_block"])
 
 
 def country_code_of(number: str | None) -> int:
@@ -150,8 +164,14 @@ def _sql_number_type(col: str) -> str:
 
 
 _US = 1_000_000
-# a_range is a function of a_number: (a_range, a_number) pairs are just a_number values
-_DETERMINED_BY = {"a_range": "a_number"}
+# a_range / a_block are functions of a_number: (a_range, a_number) pairs are just a_number values
+_DETERMINED_BY = {k: "a_number" for k in A_PREFIX_KEYS}
+
+
+def _sql_a_prefix(key: str, col: str = "c.a_number") -> str:
+    """SQL of `_a_prefix` (DuckDB slices are 1-based and inclusive: [1:-(drop + 1)] drops `drop`)."""
+    drop = A_PREFIX_KEYS[key]
+    return f"CASE WHEN length({col}) > {drop + 1} THEN {col}[1:-{drop + 1}] END"
 
 
 def _pair(f: HistoryFeature) -> tuple[str, ...]:
@@ -317,7 +337,7 @@ def call_features_sql(day: str, timezones: dict[str, str], source: str = "mapped
     CAST(coalesce(length(b_number), 0) AS DOUBLE) AS b_len,
     CAST({_sql_number_type('a_number')} AS DOUBLE) AS a_type,
     CAST({_sql_number_type('b_number')} AS DOUBLE) AS b_type"""
-    a_range = "CASE WHEN length(c.a_number) > 5 THEN c.a_number[1:-5] END"
+    a_range = _sql_a_prefix("a_range")
     hist = ",\n  ".join(
         f"CAST(coalesce(h_{f.key}.\"{f.name}\", {_DEFAULTS[f.stat]}) AS DOUBLE) AS \"{f.name}\"" for f in HISTORY_FEATURES)
     joins = " ".join(f"LEFT JOIN h_{k} USING (rid)" for k in keys)
@@ -327,7 +347,8 @@ SELECT {ordered} FROM (
 WITH tz(operator, tz) AS (VALUES {tz_values}),
 base AS NOT MATERIALIZED (  -- narrow and cheap to re-read: materializing 10 M rows would spill
   SELECT c.rowid AS rid, c.partition_date = DATE '{day}' AS is_day,
-    {_encode('c.a_number', 'a_number')}, {_encode(a_range, 'a_range')}, {_encode('c.b_number', 'b_number')},
+    {_encode('c.a_number', 'a_number')}, {_encode(a_range, 'a_range')}, {_encode(_sql_a_prefix('a_block'), 'a_block')},
+    {_encode('c.b_number', 'b_number')},
     c.ingress_trunk AS ingress_trunk_n, CASE WHEN c.ingress_trunk IS NOT NULL THEN '' END AS ingress_trunk_x,
     epoch_us(c.start_time) AS t_us, epoch_us(greatest(c.end_time, c.start_time)) AS e_us,
     (NOT coalesce(c.answered, false) AND c.ring_s IS NOT NULL AND c.ring_s <= {SHORT_RING_S}) AS su
@@ -335,7 +356,7 @@ base AS NOT MATERIALIZED (  -- narrow and cheap to re-read: materializing 10 M r
   WHERE c.partition_date BETWEEN DATE '{day}' - 1 AND DATE '{day}'
 ),
 reps AS MATERIALIZED (  -- the few starts that repeat a counted pair within its window (flags false)
-  SELECT * FROM (SELECT a_number_n, a_number_x, a_range_n, a_range_x, b_number_n, b_number_x, t_us,
+  SELECT * FROM (SELECT {', '.join(f'{k}_n, {k}_x' for k in KEYS if k != 'ingress_trunk')}, t_us,
     {', '.join(_pair_flag_exprs())} FROM base)
   WHERE {' OR '.join(f"NOT {_flag(f, side)}" for f in HISTORY_FEATURES if f.stat in DISTINCT_COLUMN for side in ('new', 'last'))}
 ),

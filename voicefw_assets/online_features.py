@@ -36,6 +36,7 @@ from voicefw_assets.features import (
     NUMBER_TYPE_PREFIXES,
     SETUP_FEATURES,
     SINCE_PREV_CAP_S,
+    a_block_of,
     a_range_of,
     country_code_of,
     is_short_unanswered,
@@ -55,8 +56,13 @@ _HORIZON_US = (MAX_WINDOW_S + 60) * _US  # kept behind the newest event: largest
 # `_setup_row` and `_key_values` below write these layouts; fail at import if features.py changes them.
 assert SETUP_FEATURES == ("hour_local", "weekday_local", "a_withheld", "a_cc", "b_cc", "same_country",
                           "a_len", "b_len", "a_type", "b_type"), SETUP_FEATURES
-assert KEYS == ("a_number", "a_range", "b_number", "ingress_trunk"), KEYS
+assert KEYS == ("a_number", "a_range", "a_block", "b_number", "ingress_trunk"), KEYS
 assert FEATURE_NAMES[: len(SETUP_FEATURES)] == SETUP_FEATURES
+
+
+def _key_values(a: str | None, b: str | None, trunk: str | None) -> tuple:
+    """A call's value of each key, in KEYS order (None: the call has no such key)."""
+    return (a, a_range_of(a), a_block_of(a), b, trunk)
 
 
 def to_us(ts: datetime) -> int:
@@ -270,7 +276,7 @@ class _KeyHistory:
 
 # ---------------------------------------------------------------- the history
 class OnlineHistory:
-    """Incremental history of calls (per A-number, A-range, B-number, ingress trunk) for online features.
+    """Incremental history of calls (per A-number, A-range, A-block, B-number, ingress trunk) for online features.
 
     Feed it `observe_start` at INVITE and `observe_end` at call end; ask `features(call)` before
     recording the call (or `score_start`, which does both with one set of lookups). Replaying the
@@ -299,8 +305,8 @@ class OnlineHistory:
         rows.sort(key=lambda r: int(r["start_us"]))
         for r in rows:
             a = r["a_number"] or None
-            hist._record(r["operator"], r["call_id"], int(r["start_us"]),
-                         (a, a_range_of(a), r["b_number"] or None, r["ingress_trunk"] or None))
+            hist._record(r["operator"], r["call_id"], int(r["start_us"]), a, r["b_number"] or None,
+                         r["ingress_trunk"] or None)
         for r in sorted((r for r in rows if r["end_us"]), key=lambda r: int(r["end_us"])):
             ring = float(r["ring_s"]) if r["ring_s"] not in ("", None) else None
             hist._end(r["operator"], r["call_id"], int(r["end_us"]), r["answered"].lower() == "true", ring)
@@ -315,9 +321,8 @@ class OnlineHistory:
 
     def observe_start(self, call: dict) -> None:
         """Record a call's setup (same fields as `features`)."""
-        a = call.get("a_number")
-        self._record(call["operator"], call["call_id"], to_us(call["start_time"]),
-                     (a, a_range_of(a), call.get("b_number"), call.get("ingress_trunk")))
+        self._record(call["operator"], call["call_id"], to_us(call["start_time"]), call.get("a_number"),
+                     call.get("b_number"), call.get("ingress_trunk"))
 
     def score_start(self, operator: str, call_id: str, start: datetime, a_number: str | None,
                     b_number: str | None, ingress_trunk: str | None) -> list[float]:
@@ -341,7 +346,7 @@ class OnlineHistory:
         t = to_us(start)
         out = self._setup_row(operator, start, a, b)
         out += _HISTORY_DEFAULTS
-        kvs = (a, a_range_of(a), b, trunk)
+        kvs = _key_values(a, b, trunk)
         if record_as is None:
             for m, kv in zip(self._maps, kvs):
                 if kv is not None:
@@ -388,10 +393,9 @@ class OnlineHistory:
             info = self._prefixes[prefix] = (float(country_code_of(prefix)), float(number_type_of(prefix)))
         return (info[0], float(len(number)), info[1])
 
-    def _record(self, operator: str, call_id: str, t: int, kvs: tuple) -> None:
-        a, b = kvs[0], kvs[2]
+    def _record(self, operator: str, call_id: str, t: int, a: str | None, b: str | None, trunk: str | None) -> None:
         hists = []
-        for plan, m, kv in zip(_PLANS, self._maps, kvs):
+        for plan, m, kv in zip(_PLANS, self._maps, _key_values(a, b, trunk)):
             if kv is not None:
                 h = m.get(kv)
                 if h is None:

@@ -53,8 +53,18 @@ def _timezones() -> dict[str, str]:
     return {name: cfg.timezone for name, cfg in operator_configs().items()}
 
 
-def _replace_partition(con, table: str, day: str, select_sql: str) -> int:
-    """Idempotent day write: create if needed, delete the day, insert, in one transaction."""
+def _replace_partition(con, table: str, day: str, select_sql: str, log=None) -> int:
+    """Idempotent day write: create if needed, delete the day, insert, in one transaction.
+
+    When the SQL's columns differ from the table's (a feature or label rule changed), the other
+    days are stale: the table is recreated and the log says to re-materialize every day."""
+    old = [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position", [table]).fetchall()]
+    new = [d[0] for d in con.execute(f"SELECT * FROM ({select_sql}) LIMIT 0").description]
+    if old and old != new:
+        if log:
+            log.warning(f"{table} columns changed ({len(old)} -> {len(new)}): table recreated; re-materialize {table} for every day")
+        con.execute(f"DROP TABLE {table}")
     con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM ({select_sql}) LIMIT 0")
     con.execute("BEGIN")
     try:
@@ -85,7 +95,7 @@ def _md(df: pd.DataFrame, n: int = 20) -> str:
 def call_features(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     day = context.partition_key
     with warehouse.connect() as con:
-        n = _replace_partition(con, "call_features", day, F.call_features_sql(day, _timezones()))
+        n = _replace_partition(con, "call_features", day, F.call_features_sql(day, _timezones()), context.log)
         stats = con.execute(f"""SELECT count(DISTINCT a_range), max("a_range__count_1m"), avg("a_range__count_1m")
             FROM call_features WHERE partition_date = DATE '{day}'""").fetchone()
         preview = con.execute(f"""SELECT operator, call_id, start_time, a_range, "a_range__count_1m", "a_range__distinct_a_10m",
@@ -118,12 +128,7 @@ def call_labels(context: AssetExecutionContext, warehouse: Warehouse) -> Materia
     meta: dict = {}
     with warehouse.connect() as con:
         sql = call_labels_sql(day, cfg)
-        old = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'call_labels' ORDER BY ordinal_position").fetchall()]
-        new = [d[0] for d in con.execute(f"SELECT * FROM ({sql}) LIMIT 0").description]
-        if old and old != new:  # label rules changed shape: labels of other days are stale, re-materialize them
-            context.log.warning(f"call_labels columns {old} -> {new}: table recreated; re-materialize call_labels for every day")
-            con.execute("DROP TABLE call_labels")
-        n = _replace_partition(con, "call_labels", day, sql)
+        n = _replace_partition(con, "call_labels", day, sql, context.log)
         counts = con.execute(f"""SELECT label, evidence, count(*) AS calls, count(*) FILTER (WHERE flash_like) AS flash_like
             FROM call_labels WHERE partition_date = DATE '{day}' GROUP BY ALL ORDER BY 1, 2""").df()
         meta["label_counts"] = MetadataValue.md(_md(counts, 50))
@@ -439,7 +444,7 @@ def scored_calls(context: AssetExecutionContext, warehouse: Warehouse) -> Materi
               s.score, CASE WHEN s.score >= {th['block']} THEN 'block' WHEN s.score >= {th['flag']} THEN 'flag' ELSE 'allow' END AS decision,
               '{bundle.version}' AS model_version
             FROM call_features f JOIN _scores s USING (operator, call_id) WHERE f.partition_date = DATE '{day}'"""
-        n = _replace_partition(con, "scored_calls", day, select)
+        n = _replace_partition(con, "scored_calls", day, select, context.log)
         con.unregister("_scores")
         dec = con.execute(f"SELECT decision, count(*) AS calls FROM scored_calls WHERE partition_date = DATE '{day}' GROUP BY 1 ORDER BY 1").df()
     return MaterializeResult(metadata={"rows": n, "model_version": bundle.version, "decisions": MetadataValue.md(_md(dec))})
@@ -461,7 +466,7 @@ def suspicious_ranges(context: AssetExecutionContext, warehouse: Warehouse) -> M
         GROUP BY partition_date, a_range
         HAVING count(*) FILTER (WHERE decision <> 'allow') > 0"""
     with warehouse.connect() as con:
-        n = _replace_partition(con, "suspicious_ranges", day, select)
+        n = _replace_partition(con, "suspicious_ranges", day, select, context.log)
         top = con.execute(f"""SELECT row_number() OVER (ORDER BY flagged_calls DESC, flagged_share DESC, a_range) AS rank,
             a_range, calls, distinct_b_numbers, distinct_a_numbers, flagged_calls, flagged_share, max_score,
             strftime(first_seen, '%H:%M:%S') AS first_seen, strftime(last_seen, '%H:%M:%S') AS last_seen, operators, trunks
