@@ -234,9 +234,9 @@ def test_labels_read_campaign_behaviour_not_one_call():
 
 
 def test_time_split_keeps_enough_training_days():
-    from voicefw_assets.model_config import TrainingConfig
+    from voicefw_assets.model_config import load_model_config
 
-    cfg = TrainingConfig(eval_days=2, min_train_days=2)
+    cfg = load_model_config().training.model_copy(update={"eval_days": 2, "min_train_days": 2})
     days = [f"2026-03-0{i}" for i in range(1, 8)]
     assert M.split_days(days[:3], cfg) == (days[:2], days[2:3])  # `make run`: 3 days -> 2 train + 1 eval
     assert M.split_days(days, cfg) == (days[:5], days[5:])

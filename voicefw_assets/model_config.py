@@ -1,5 +1,6 @@
-"""The modeling configuration (voicefw_assets/model_config.yaml): one place for label rules,
-training window, promotion gates and decision thresholds. $VOICEFW_MODEL_CONFIG overrides the path."""
+"""The modeling configuration: voicefw_assets/model_config.yaml is the one place for the values of
+label rules, training window, promotion gates and decision thresholds; this module gives them types.
+$VOICEFW_MODEL_CONFIG names a YAML whose keys override the shipped ones (a partial file is fine)."""
 
 from __future__ import annotations
 
@@ -19,55 +20,60 @@ class _Strict(BaseModel):
 class LabelConfig(_Strict):
     """Label rules (voicefw_assets/labels.py explains each)."""
 
-    flash_max_ring_s: float = 4.0
-    max_answered_s: float = 5.0
-    campaign_levels: tuple[int, ...] = (4, 5, 6)
-    campaign_min_calls: int = Field(5, ge=1)
-    campaign_min_share: float = Field(0.5, ge=0, le=1)
-    campaign_min_distinct: float = Field(0.7, ge=0, le=1)
-    wangiri_min_b_numbers: int = 20
-    burst_window_s: int = Field(300, ge=1)
-    burst_min_calls: int = 8
-    burst_min_ratio: float = 3.0
-    callback_window_h: int = 24
+    flash_max_ring_s: float
+    max_answered_s: float
+    campaign_levels: tuple[int, ...]
+    campaign_min_calls: int = Field(ge=1)
+    campaign_min_share: float = Field(ge=0, le=1)
+    campaign_min_distinct: float = Field(ge=0, le=1)
+    wangiri_min_b_numbers: int
+    burst_window_s: int = Field(ge=1)
+    burst_min_calls: int
+    burst_min_ratio: float
+    callback_window_h: int
 
 
 class TrainingConfig(_Strict):
-    window_days: int = Field(7, ge=2)
-    eval_days: int = Field(2, ge=1)  # at most; fewer when fewer than eval_days + min_train_days days exist
-    min_train_days: int = Field(2, ge=1)
-    max_train_rows: int = 2_000_000
-    num_boost_round: int = 400
-    learning_rate: float = 0.05
-    num_leaves: int = 15
+    window_days: int = Field(ge=2)
+    eval_days: int = Field(ge=1)  # at most; fewer when fewer than eval_days + min_train_days days exist
+    min_train_days: int = Field(ge=1)
+    max_train_rows: int
+    num_boost_round: int
+    learning_rate: float
+    num_leaves: int
 
 
 class GateConfig(_Strict):
-    min_pr_auc: float = 0.6
-    min_precision_at_fpr_0_1pct: float = 0.8
-    min_recall_at_p99: float = 0.0
-    min_margin_pr_auc: float = 0.0
-    min_margin_recall_at_p99: float = 0.0
+    min_pr_auc: float
+    min_precision_at_fpr_0_1pct: float
+    min_recall_at_p99: float
+    min_margin_pr_auc: float
+    min_margin_recall_at_p99: float
 
 
 class RulesConfig(_Strict):
-    calls_per_min_per_a_range: float = 5
-    short_unanswered_share: float = 0.6
+    calls_per_min_per_a_range: float
+    short_unanswered_share: float
 
 
 class DecisionConfig(_Strict):
-    flag: float = 0.5
-    block: float = 0.9
+    flag: float
+    block: float
 
 
 class ModelConfig(_Strict):
-    labels: LabelConfig = LabelConfig()
-    training: TrainingConfig = TrainingConfig()
-    gates: GateConfig = GateConfig()
-    rules_baseline: RulesConfig = RulesConfig()
-    decision: DecisionConfig = DecisionConfig()
+    labels: LabelConfig
+    training: TrainingConfig
+    gates: GateConfig
+    rules_baseline: RulesConfig
+    decision: DecisionConfig
 
 
 def load_model_config(path: Path | None = None) -> ModelConfig:
-    path = path or Path(os.environ.get("VOICEFW_MODEL_CONFIG", DEFAULT_PATH))
-    return ModelConfig(**(yaml.safe_load(path.read_text()) or {}))
+    """The shipped YAML, with the sections of `path` (or $VOICEFW_MODEL_CONFIG) laid over it."""
+    data = yaml.safe_load(DEFAULT_PATH.read_text())
+    override = path or (Path(os.environ["VOICEFW_MODEL_CONFIG"]) if os.environ.get("VOICEFW_MODEL_CONFIG") else None)
+    if override is not None and override.resolve() != DEFAULT_PATH.resolve():
+        for section, values in (yaml.safe_load(override.read_text()) or {}).items():
+            data[section] = {**data.get(section, {}), **(values or {})} if isinstance(values, dict) else values
+    return ModelConfig(**data)
