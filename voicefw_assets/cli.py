@@ -65,30 +65,23 @@ def landed_partitions(log=print) -> dict[str, set[date]]:
     """operator -> UTC days with landed data: the manifest for files already loaded, a cheap
     start-time peek for new ones. A file that cannot be peeked is quarantined here (same reason
     the raw asset would give), so nothing is silently left behind."""
-    import duckdb
-
     from resources import LandingZone, Warehouse
-    from voicefw_assets.mapping import UnreadableFile, peek_file_dates
+    from voicefw_assets.mapping import UnreadableFile, ensure_warehouse, manifest, peek_file_dates
     from voicefw_assets.operators import operator_configs
 
-    landing, warehouse = LandingZone(), Warehouse()
-    manifest: dict[str, tuple[int, int, list[date]]] = {}
+    landing, warehouse, configs = LandingZone(), Warehouse(), operator_configs()
+    known: dict[str, tuple] = {}
     if warehouse.file.exists():
         with warehouse.connect() as con:
-            try:
-                rows = con.execute(
-                    """SELECT path, size, mtime_ns, list(partition_date) FROM landing_files JOIN landing_file_days USING (path)
-                       WHERE status = 'loaded' GROUP BY ALL"""
-                ).fetchall()
-                manifest = {p: (s, m, d) for p, s, m, d in rows}
-            except duckdb.CatalogException:
-                pass  # a warehouse that has not ingested anything yet
+            ensure_warehouse(con)
+            for op in configs:
+                known |= manifest(con, op)
     out: dict[str, set[date]] = defaultdict(set)
-    for op, config in operator_configs().items():
+    for op, config in configs.items():
         for f in landing.list_files(op, config.file_patterns):
-            known = manifest.get(str(f.path))
-            if known and known[0] == f.size and known[1] == f.mtime_ns:
-                out[op].update(known[2])
+            size, mtime_ns, _, days = known.get(str(f.path), (None, None, None, []))
+            if (size, mtime_ns) == (f.size, f.mtime_ns):
+                out[op].update(days)
                 continue
             try:
                 out[op].update(peek_file_dates(config, f.path))

@@ -367,15 +367,7 @@ def sync_landing(con: duckdb.DuckDBPyConnection, config: OperatorConfig, landing
         reason = f"file name matches none of {list(config.file_patterns)} in operator_configs/{config.name}.yaml"
         landing.quarantine(stray.path, reason, config.name)
         report.quarantined[str(stray.path)] = reason
-    known = {
-        r[0]: r[1:]
-        for r in con.execute(
-            """SELECT f.path, size, mtime_ns, sha256, list(d.partition_date) FILTER (WHERE d.partition_date IS NOT NULL)
-               FROM landing_files f LEFT JOIN landing_file_days d USING (path)
-               WHERE operator = ? AND status IN ('loaded', 'empty') GROUP BY ALL""",
-            [config.name],
-        ).fetchall()
-    }
+    known = manifest(con, config.name)
     # oldest first, so of two identical files the later arrival is the one called a duplicate
     for f in sorted(landing.list_files(config.name, config.file_patterns), key=lambda f: (f.arrived_ns, str(f.path))):
         src = str(f.path)
@@ -409,6 +401,17 @@ def sync_landing(con: duckdb.DuckDBPyConnection, config: OperatorConfig, landing
     return report
 
 
+def manifest(con: duckdb.DuckDBPyConnection, operator: str) -> dict[str, tuple[int, int, str, list[date]]]:
+    """Registered (loaded or empty) files of an operator: path -> (size, mtime_ns, sha256, days)."""
+    rows = con.execute(
+        """SELECT f.path, size, mtime_ns, sha256, coalesce(list(d.partition_date) FILTER (WHERE d.partition_date IS NOT NULL), [])
+           FROM landing_files f LEFT JOIN landing_file_days d USING (path)
+           WHERE operator = ? AND status IN ('loaded', 'empty') GROUP BY ALL""",
+        [operator],
+    ).fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
 def _register(con, f, digest: str, status: str, scan: FileScan | None, detail: str | None) -> None:
     """Replace the manifest rows of one file, atomically."""
     src = str(f.path)
@@ -440,7 +443,7 @@ class RegisteredFile:
     scanned_rows: int  # rows DuckDB's reader returns for it: parsed rows, extra header rows included
 
 
-def registered_files(con: duckdb.DuckDBPyConnection, operator: str, day: date | None = None) -> list[RegisteredFile]:
+def registered_files(con: duckdb.DuckDBPyConnection, config: OperatorConfig, day: date | None = None) -> list[RegisteredFile]:
     """Files of the operator in the raw layer (all, or those with rows on `day`)."""
     rows = con.execute(
         """SELECT path, columns, home_date,
@@ -448,16 +451,9 @@ def registered_files(con: duckdb.DuckDBPyConnection, operator: str, day: date | 
            FROM landing_files f WHERE operator = ? AND status = 'loaded'
            AND (CAST(? AS DATE) IS NULL OR EXISTS (SELECT 1 FROM landing_file_days d WHERE d.path = f.path AND d.partition_date = ?))
            ORDER BY path""",
-        [_extra_rows(con, operator), operator, day, day],
+        [config.csv.extra_header_rows, config.name, day, day],
     ).fetchall()
     return [RegisteredFile(*r) for r in rows]
-
-
-def _extra_rows(con, operator: str) -> int:
-    from voicefw_assets.operators import operator_configs  # the manifest does not keep the dialect
-
-    config = operator_configs().get(operator)
-    return config.csv.extra_header_rows if config else 0
 
 
 def raw_select(config: OperatorConfig, files: list[RegisteredFile], day: date | None = None, only: set[str] | None = None) -> str:
@@ -518,7 +514,7 @@ def raw_select(config: OperatorConfig, files: list[RegisteredFile], day: date | 
 
 def _refresh_raw_view(con: duckdb.DuckDBPyConnection, config: OperatorConfig) -> None:
     """raw.<operator>: a view over the operator's registered files, for ad-hoc queries and the UI."""
-    files = registered_files(con, config.name)
+    files = registered_files(con, config)
     con.execute(f"CREATE OR REPLACE VIEW {raw_view(config.name)} AS {raw_select(config, files)}")
 
 
@@ -676,7 +672,7 @@ class MapReport:
 def map_partition(con: duckdb.DuckDBPyConnection, config: OperatorConfig, day: date) -> MapReport:
     """Rebuild mapped_cdrs and rejected_cdrs for one operator-day, atomically."""
     ensure_warehouse(con)
-    files = registered_files(con, config.name, day)
+    files = registered_files(con, config, day)
     cols = [c for c in MAPPED_COLUMNS if c not in ("operator", "a_number_raw", "b_number_raw")]
     con.execute("BEGIN TRANSACTION")
     try:

@@ -50,10 +50,6 @@ class Bundle:
     def state_dir(self) -> Path:
         return self.path / "state"
 
-    def decide(self, score: float) -> str:
-        """allow / flag / block by the bundle's thresholds."""
-        return decision(score, self.thresholds)
-
 
 def decision(score: float, thresholds: dict) -> str:
     if score >= thresholds["block"]:

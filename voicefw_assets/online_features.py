@@ -128,38 +128,35 @@ class _Distinct:
         self.col, self.left, self.right, self.counts = col, at, at, {}
 
     def move(self, vals: list, lo: int, hi: int) -> int:
-        """Slide to starts[lo:hi] and return the number of distinct non-null values in it."""
+        """Slide to starts[lo:hi] and return the number of distinct non-null values in it.
+        Adds come before removes, so a window that jumps back never removes what it lacks."""
         left, right, counts = self.left, self.right, self.counts
-        while right < hi:
-            v = vals[right]
-            right += 1
-            if v is not None:
-                counts[v] = counts.get(v, 0) + 1
-        while left > lo:
-            left -= 1
-            v = vals[left]
-            if v is not None:
-                counts[v] = counts.get(v, 0) + 1
-        while left < lo:
-            v = vals[left]
-            left += 1
-            if v is not None:
-                n = counts[v] - 1
-                if n:
-                    counts[v] = n
-                else:
-                    del counts[v]
-        while right > hi:
-            right -= 1
-            v = vals[right]
-            if v is not None:
-                n = counts[v] - 1
-                if n:
-                    counts[v] = n
-                else:
-                    del counts[v]
-        self.left, self.right = left, right
+        if hi > right:
+            _count_in(counts, vals[right:hi])
+        if lo < left:
+            _count_in(counts, vals[lo:left])
+        if lo > left:
+            _count_out(counts, vals[left:lo])
+        if hi < right:
+            _count_out(counts, vals[hi:right])
+        self.left, self.right = lo, hi
         return len(counts)
+
+
+def _count_in(counts: dict, values: list) -> None:
+    for v in values:
+        if v is not None:
+            counts[v] = counts.get(v, 0) + 1
+
+
+def _count_out(counts: dict, values: list) -> None:
+    for v in values:
+        if v is not None:
+            n = counts[v] - 1
+            if n:
+                counts[v] = n
+            else:
+                del counts[v]
 
 
 class _KeyHistory:
