@@ -10,7 +10,8 @@ import phonenumbers
 import pytest
 
 from resources.landing import LandingZone
-from voicefw_assets.mapping import e164_sql, map_partition, peek_file_dates, sync_landing
+from voicefw_assets.ingest import e164_sql, map_partition, peek_file_dates, sync_landing
+from voicefw_assets.ingest.numbers import ensure_e164_table
 from voicefw_assets.operators import ConfigError, NumberPlan, load_operator_config, operator_configs
 
 
@@ -144,18 +145,20 @@ def test_operator_c_iso_offsets_ms_units_gzip_and_malformed_lines(home):
     day = date(2026, 11, 2)
     con, _, rep = run(home, "operator_c", day)
     m = mapped(con, "operator_c")
-    assert set(m) == {"c1", "c2"}
+    assert set(m) == {"c1", "c2", "c3", "c5"}  # a bad caller number or SIP code is field-level: NULL + flag
     assert m["c1"]["start_time"] == utc(2026, 11, 2, 4, 59, 59, 500000)
     assert m["c1"]["end_time"] == utc(2026, 11, 2, 5, 0, 1, 250000)
     assert m["c1"]["ring_s"] == 1.75 and m["c1"]["disposition"] == "cancelled" and m["c1"]["release_side"] == "caller"
     assert m["c1"]["a_number"] == "+447700900123" and m["c1"]["b_number"] == "+4930123456" and m["c1"]["sip_code"] == 487
     assert m["c2"]["answered"] and m["c2"]["duration_s"] == 120 and m["c2"]["release_side"] == "callee"
     assert m["c2"]["a_number"] == "+33612345678"
+    assert m["c3"]["a_number"] is None and m["c3"]["a_number_raw"] == "12" and m["c3"]["quality_flags"] == ["a_number_invalid"]
+    assert m["c5"]["sip_code"] is None and m["c5"]["quality_flags"] == ["sip_code_invalid"] and m["c5"]["a_number"] is None
+    assert m["c1"]["quality_flags"] is None
     reasons = dict(con.execute("SELECT source_line, reason FROM rejected_cdrs ORDER BY 1").fetchall())
-    assert reasons[4].startswith("a_number not convertible to E.164: 12")
-    assert reasons[5].startswith("malformed CSV line")
-    assert reasons[6].startswith("bad sip_code: 999")
+    assert reasons == {5: "wrong number of fields: expected 15, found 5"}
     assert rep[day].raw == 5 and rep[day].mapped + rep[day].rejected == 5
+    assert rep[day].flags == {"a_number_invalid": 1, "sip_code_invalid": 1}
 
 
 def test_unreadable_and_duplicate_files_are_quarantined_with_a_reason(home):
@@ -225,6 +228,7 @@ def test_peek_file_dates_reads_the_days_a_file_spans(home):
 )
 def test_sql_e164_agrees_with_phonenumbers(plan, region, numbers):
     con = duckdb.connect()
+    ensure_e164_table(con)
     got = [r[0] for r in con.execute(f"SELECT {e164_sql('x', plan)} FROM unnest(?) AS t(x)", [numbers]).fetchall()]
     want = []
     for n in numbers:
@@ -236,6 +240,7 @@ def test_sql_e164_agrees_with_phonenumbers(plan, region, numbers):
 def test_bare_international_numbers_and_garbage():
     plan = NumberPlan(national_prefix="", international_prefix="00", unprefixed="international")
     con = duckdb.connect()
+    ensure_e164_table(con)
     nums = ["447700900123", "00447700900123", "+1 (212) 555-0100", "12", "abc", "", None, "0447700900123"]
     got = [r[0] for r in con.execute(f"SELECT {e164_sql('x', plan)} FROM unnest(?) AS t(x)", [nums]).fetchall()]
     assert got == ["+447700900123", "+447700900123", "+12125550100", None, None, None, None, None]
