@@ -43,6 +43,7 @@ from voicefw_assets.ingest.sql import lit, q
 from voicefw_assets.operators import OperatorConfig
 from voicefw_assets.settings import first_partition_date
 
+TIMINGS: dict[str, float] = defaultdict(float)  # seconds per phase of registration, for benchmarks/ingest.py
 BATCH_BYTES = 96 << 20  # text per SQL pass; a larger file is one batch of its own, streamed in parts
 MOSTLY_BAD = 0.5  # a file whose data lines are mostly not text is quarantined as a whole
 
@@ -190,6 +191,7 @@ class _Batch:
         n = len(block)
         if not n:
             return
+        t0 = time.perf_counter()
         self.line_tables.append((file_idx, pa.table({
             "file_idx": pa.repeat(pa.scalar(file_idx, pa.int32()), n),
             "line_no": pa.array(np.arange(block.first_line, block.first_line + n, dtype=np.int64)),
@@ -197,6 +199,7 @@ class _Batch:
         })))
         self.defects += [(file_idx, block.first_line + i, r, raw) for i, (r, raw) in block.defects.items()]
         self.bytes += len(block.data)
+        TIMINGS["lines -> Arrow"] += time.perf_counter() - t0
         if self.bytes > BATCH_BYTES:
             self.flush()
 
@@ -224,8 +227,10 @@ class _Batch:
                                                         "reason": pa.array(rs, pa.string()), "raw": pa.array(rw, pa.string())}))
             defects = "__vf_defects"
         try:
+            t0 = time.perf_counter()
             select = staging_select(self.config, self.layouts, "__vf_lines", defects, self.day_range)
             self.con.execute(f"INSERT INTO {self.table} BY NAME SELECT {lit(self.config.name)} AS operator, * FROM ({select})")
+            TIMINGS["map lines (SQL)"] += time.perf_counter() - t0
         finally:
             for view in ("__vf_lines", defects):
                 if view:
@@ -260,7 +265,9 @@ def read_files(
         try:
             batch.flush()
             if batch.outcomes:
+                t0 = time.perf_counter()
                 _summarize(con, table, batch.outcomes)
+                TIMINGS["summarize + manifest"] += time.perf_counter() - t0
                 if on_batch:
                     on_batch(batch.outcomes)
             if batch.in_transaction:
@@ -283,7 +290,13 @@ def read_files(
             out.columns = parse_header(config, first_text)
             batch.layouts.append(Layout(file_idx, str(f.path), out.columns))
             first_defect = None
-            for b in _chain_first(first, blocks):
+            lines = _chain_first(first, blocks)
+            while True:
+                t0 = time.perf_counter()
+                b = next(lines, None)
+                TIMINGS["read bytes -> lines (Python)"] += time.perf_counter() - t0
+                if b is None:
+                    break
                 if first_defect is None and b.defects:
                     first_defect = next(iter(b.defects.values()))[0]
                 batch.add(file_idx, b)
