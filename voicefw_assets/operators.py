@@ -83,6 +83,7 @@ class CsvDialect(Strict):
     columns: tuple[str, ...] = ()  # required when header is false
     extra_header_rows: int = Field(0, ge=0)  # physical lines after the header that are not CDRs (CUCM's type row)
     encoding: str = "utf-8"  # any Python codec; a byte-order mark in the file overrides it
+    decode: dict[str, str] = {}  # exact replacements in every value after splitting (flatstore writes "|" as "%7C")
     max_line_bytes: int = Field(1 << 20, ge=1024)  # longer lines are rejected (their first 64 KiB kept)
 
     @model_validator(mode="after")

@@ -107,7 +107,12 @@ def staging_select(config: OperatorConfig, layouts: list[Layout], lines: str, de
 
     defect_join = f"LEFT JOIN {defects} d ON d.file_idx = l.file_idx AND d.line_no = l.line_no" if defects else ""
     defect_cols = "d.reason AS __defect, d.raw AS __defect_raw" if defects else "NULL::VARCHAR AS __defect, NULL::VARCHAR AS __defect_raw"
-    src_cols = "".join(f", {sp.value(f'__f[__i{k}]', '__cls2')} AS {q(c)}" for k, c in enumerate(needed))
+    def decoded(expr: str) -> str:
+        for code, text in config.csv.decode.items():
+            expr = f"replace({expr}, {lit(code)}, {lit(text)})"
+        return expr
+
+    src_cols = "".join(f", {decoded(sp.value(f'__f[__i{k}]', '__cls2'))} AS {q(c)}" for k, c in enumerate(needed))
     keep = "__source_file, __line, __text, __defect, __defect_raw, __f, __ncols"
     cols_keep = keep + ", __cls2"
 

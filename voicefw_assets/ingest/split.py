@@ -3,14 +3,15 @@
 Every line is split on its own, so a bad line can never shift or swallow its neighbours (a CSV
 reader that lets a quoted field run over the newline can). The grammar is strict: a field is
 either unquoted (no quote, no delimiter) or quoted (`"..."` with `""` for a quote inside); with an
-escape character other than the quote (`\\`), `\\x` stands for x and `\\n`, `\\r`, `\\t` for the
-control characters (Kamailio db_text escapes `:` and `\\` this way and has no quoting at all).
+escape character other than the quote (`\\`), `\\x` stands for x, `\\n`, `\\r`, `\\t` for the
+control characters and `\\0` for nothing (a NUL is never kept); Kamailio db_text escapes `:` and
+`\\` this way and has no quoting at all.
 
 SQL takes the cheapest exact path per line: no quote or escape at all -> `string_split`; quotes
-only around fields that hold no delimiter -> `string_split` and unwrap; every field quoted and
-no delimiter inside one -> split on `","`; anything else -> a regular expression whose tokens must
-rebuild the line exactly, or the line is malformed. The
-Python `split_line` is the reference the fast paths are tested against.
+only around fields that hold no delimiter -> `string_split` and unwrap; every field quoted ->
+split on `","` when every part's quotes pair up; anything else -> a regular expression whose tokens
+must rebuild the line exactly, or the line is malformed. The Python `split_line` is the reference
+the fast paths are tested against (tests/test_split.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from voicefw_assets.ingest.sql import chr_lit, lit
 # two-character placeholders for escaped text: a line never holds a NUL (such lines are rejected first)
 _P_ESC = "\x00\x01"  # an escaped escape character
 _P_DELIM = "\x00\x02"  # an escaped delimiter
-C_ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+C_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "0": ""}  # \0 (db_text's NUL) is dropped: a NUL is never kept in a value
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def _unescape_sql(expr: str, esc: str, protected: bool = False) -> str:
     reference (an escaped escape is set aside first unless the caller already did)."""
     step = expr if protected else f"replace({expr}, {lit(esc * 2)}, {chr_lits(_P_ESC)})"
     for k, v in C_ESCAPES.items():
-        step = f"replace({step}, {lit(esc + k)}, {chr_lit(v)})"
+        step = f"replace({step}, {lit(esc + k)}, {chr_lit(v) if v else lit('')})"
     step = f"regexp_replace({step}, {lit(re.escape(esc) + '(.)')}, '\\1', 'gs')"
     if not protected:
         step = f"replace({step}, {chr_lits(_P_ESC)}, {lit(esc)})"
