@@ -21,26 +21,42 @@ _EPOCH_DECIMAL = {"s": "DECIMAL(18,6)", "ms": "DECIMAL(18,3)", "us": "DECIMAL(18
 _MAX_EPOCH_S = 4_102_444_800  # 2100-01-01: beyond it an epoch value is a unit mistake, not a time
 
 
+def config_sql(sql: str, cast: str) -> str:
+    """An expression from an operator config, cast: NULL where it fails on a value (an overflow or a
+    bad cast in one row must not fail the batch)."""
+    return f"try(CAST(({sql}) AS {cast}))"
+
+
 def base_sql(spec: FieldSpec) -> str:
     """The field's source text (trimmed, '' and null_if values as NULL)."""
     if spec.value is not None:
         return lit(spec.value)
-    expr = f"nullif(trim(CAST(({spec.sql}) AS VARCHAR)), '')" if spec.sql is not None else f"nullif(trim({q(spec.column)}), '')"
+    expr = f"nullif(trim({config_sql(spec.sql, 'VARCHAR')}), '')" if spec.sql is not None else f"nullif(trim({q(spec.column)}), '')"
     for v in list(spec.null_if) + (["0"] if spec.zero_is_null else []):
         expr = f"nullif({expr}, {lit(v.strip())})"
     return expr
 
 
 def epoch_us_sql(raw: str, unit: str) -> str:
-    """Epoch text in `unit` -> integer microseconds, exactly (a decimal, never a float)."""
-    return f"CAST(round(CAST(try_cast({raw} AS {_EPOCH_DECIMAL[unit]}) AS DECIMAL(38, 6)) * {1_000_000 // _UNIT_DIVISOR[unit]}) AS BIGINT)"
+    """Epoch text in `unit` -> integer microseconds, exactly (whole numbers as integers, fractions as
+    decimals, never a float)."""
+    factor = 1_000_000 // _UNIT_DIVISOR[unit]
+    fraction = f"CAST(round(CAST(try_cast({raw} AS {_EPOCH_DECIMAL[unit]}) AS DECIMAL(38, 6)) * {factor}) AS BIGINT)"
+    digits = {"s": 12, "ms": 15, "us": 18}[unit]  # whole numbers that cannot overflow int64 microseconds
+    return (f"CASE WHEN contains({raw}, '.') OR contains(lower({raw}), 'e') THEN {fraction}"
+            f" WHEN length({raw}) <= {digits} THEN try_cast({raw} AS BIGINT) * {factor} END")
 
 
-def time_pre_sql(raw: str, spec: FieldSpec) -> str | None:
+def time_pre_sql(raw: str, spec: FieldSpec, tz: str) -> str | None:
     """A helper column computed before the time itself (parsed once, referenced several times)."""
     if spec.time == "epoch":
         return epoch_us_sql(raw, spec.unit)
-    if spec.time not in (None, "iso8601"):
+    if spec.time == "iso8601" and tz == "UTC":  # offset-less text is UTC too: one cast
+        return f"try_cast({raw} AS TIMESTAMPTZ)"
+    if spec.time == "iso8601":
+        return (f"CASE WHEN regexp_matches({raw}, '(Z|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$') THEN try_cast({raw} AS TIMESTAMPTZ)"
+                f" ELSE try(timezone({lit(tz)}, try_cast({raw} AS TIMESTAMP))) END")
+    if spec.time is not None:
         return f"try_strptime({raw}, {lit(spec.time)})"
     return None
 
@@ -50,13 +66,8 @@ def time_sql(raw: str, pre: str, spec: FieldSpec, tz: str) -> str:
     zone, epoch (microseconds, NULL outside 1970..2100), or ISO-8601."""
     if spec.time == "epoch":
         return f"CASE WHEN {pre} BETWEEN 0 AND {_MAX_EPOCH_S * 1_000_000} THEN timezone('UTC', make_timestamp({pre})) END"
-    if spec.time == "iso8601" and tz == "UTC":  # offset-less text is UTC too: one cast
-        return f"try_cast({raw} AS TIMESTAMPTZ)"
-    if spec.time == "iso8601":
-        return (
-            f"(CASE WHEN regexp_matches({raw}, '(Z|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$') THEN try_cast({raw} AS TIMESTAMPTZ)"
-            f" ELSE timezone({lit(tz)}, try_cast({raw} AS TIMESTAMP)) END)"
-        )
+    if spec.time == "iso8601":  # 'infinity' casts to a timestamp: not a call's time
+        return f"CASE WHEN isfinite({pre}) THEN {pre} END"
     return local_time_sql(pre, tz)
 
 
@@ -144,7 +155,7 @@ def field_sql(config: OperatorConfig) -> dict[str, FieldSql]:
         raw, col, pre_col = base_sql(spec), f"{name}__raw", f"{name}__pre"
         pre = None
         if name in ("start_time", "answer_time", "end_time"):
-            pre = time_pre_sql(col, spec)
+            pre = time_pre_sql(col, spec, config.timezone)
             typed = time_sql(col, pre_col, spec, config.timezone)
         elif name in ("a_number", "b_number"):
             pre, typed = cleaned_sql(col), digits_sql(pre_col, config.numbers)

@@ -16,7 +16,8 @@ Steps (the same in SQL and Python):
    (international: as written; national: country code + digits, except when that is not a valid
    length but the digits already start with the country code followed by a valid length: a
    country code written without '+', e.g. a UK switch's 442079460002).
-4. valid length for the country code -> '+' digits; else NULL and the row is flagged.
+4. valid length for the country code (and 7-15 digits in all, the contract's E.164) -> '+' digits;
+   else NULL and the row is flagged.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from voicefw_assets.operators import NumberPlan
 
 KEY_STRIDE = 32  # key = first three digits * KEY_STRIDE + number of digits
 MAX_DIGITS = 15  # E.164's limit (phonenumbers knows longer national service numbers; they are not E.164)
+MIN_DIGITS = 7  # the contract's E.164 (contracts.E164): shorter "possible" numbers are local service codes
 
 
 @lru_cache(maxsize=None)
@@ -52,7 +54,7 @@ def country_nsn_lengths() -> dict[str, frozenset[int]]:
 def country_code_length(digits: str) -> int:
     """Length of the country code when `digits` (no '+') is a valid E.164 number, else 0."""
     table = country_nsn_lengths()
-    if len(digits) > MAX_DIGITS or not (digits.isascii() and digits.isdigit()):
+    if not MIN_DIGITS <= len(digits) <= MAX_DIGITS or not (digits.isascii() and digits.isdigit()):
         return 0
     for n in (1, 2, 3):
         lengths = table.get(digits[:n])
@@ -70,7 +72,7 @@ def lookup_rows() -> list[tuple[int, int, str, int]]:
             prefix = int(cc + (f"{ext:0{pad}d}" if pad else ""))
             for nsn in sorted(lengths):
                 total = len(cc) + nsn
-                if total <= MAX_DIGITS:
+                if MIN_DIGITS <= total <= MAX_DIGITS:
                     rows.append((prefix * KEY_STRIDE + total, len(cc), cc, nsn))
     return rows
 
@@ -102,7 +104,7 @@ def ensure_e164_table(con) -> None:
 
 def e164_key_sql(digits: str) -> str:
     """The lookup key of a digit string (NULL when it cannot be a number)."""
-    return (f"CASE WHEN length({digits}) BETWEEN 3 AND {MAX_DIGITS}"
+    return (f"CASE WHEN length({digits}) BETWEEN {MIN_DIGITS} AND {MAX_DIGITS}"
             f" THEN try_cast({digits}[1:3] AS INTEGER) * {KEY_STRIDE} + length({digits}) END")
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from voicefw_assets.contracts import QUALITY_FLAGS
-from voicefw_assets.ingest.fields import field_sql, referenced_columns, repeated_local_time_sql
+from voicefw_assets.ingest.fields import config_sql, field_sql, referenced_columns, repeated_local_time_sql
 from voicefw_assets.ingest.numbers import e164_key_sql, withheld_sql
 from voicefw_assets.ingest.split import Dialect, split_line, split_sql
 from voicefw_assets.ingest.sql import lit, one_of, q
@@ -119,9 +119,9 @@ def staging_select(config: OperatorConfig, layouts: list[Layout], lines: str, de
     names = ("call_id", "start_time", "answer_time", "end_time", "a_number", "b_number", "ingress_trunk", "egress_trunk",
              "disposition", "sip_code", "q850_cause", "release_side", "duration_s", "ring_s")
     raws = "".join(f", {fs[n].raw if n in fs else 'NULL::VARCHAR'} AS {n}__raw" for n in names)
-    rules = "".join(f", coalesce(({r.sql}), false) AS __rule_{i}" for i, r in enumerate(config.reject_if))
+    rules = "".join(f", coalesce({config_sql(r.sql, 'BOOLEAN')}, false) AS __rule_{i}" for i, r in enumerate(config.reject_if))
     elapsed = f"try_cast(nullif(trim({q(config.elapsed_s_column)}), '') AS DOUBLE)" if config.elapsed_s_column else "NULL::DOUBLE"
-    hint = f"try_cast(({config.start_hint_sql}) AS TIMESTAMPTZ)" if config.start_hint_sql else "NULL::TIMESTAMPTZ"
+    hint = config_sql(config.start_hint_sql, "TIMESTAMPTZ") if config.start_hint_sql else "NULL::TIMESTAMPTZ"
     pres = "".join(f", {fs[n].pre} AS {n}__pre" for n in names if n in fs and fs[n].pre)
     defaults = {"release_side": "'unknown'"}
     typed = "".join(f", {fs[n].typed if n in fs else defaults.get(n, 'NULL')} AS {n}__typed"
