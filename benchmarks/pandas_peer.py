@@ -11,6 +11,7 @@ It does not account for lines, quarantine, resolve the repeated DST hour or flag
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def e164(raw: pd.Series, cc: str | None, national: str, intl: str = "00", unpref
     digits = pd.Series(digits, index=raw.index)
     ok = digits.str.fullmatch(r"[0-9]+").fillna(False)
     valid = {d: bool(country_code_length(d)) for d in digits[ok].unique()}
-    keep = ok & digits.map(valid).fillna(False).astype(bool)
+    keep = ok & digits.map(valid).astype("boolean").fillna(False).astype(bool)
     return ("+" + digits).where(keep)
 
 
@@ -49,11 +50,24 @@ def _local(s: pd.Series, fmt: str, tz: str) -> pd.Series:
 
 def _epoch(s: pd.Series) -> pd.Series:
     v = pd.to_numeric(s, errors="coerce")
-    return pd.to_datetime(v.where(v > 0), unit="s", utc=True)
+    return pd.to_datetime(v.where((v > 0) & (v < 4102444800)), unit="s", utc=True, errors="coerce")
+
+
+def read_csv(path: Path, **kw) -> pd.DataFrame:
+    """pd.read_csv, every value text; a file with an unterminated quote (which stops the C parser)
+    is read again without its lines that have an odd number of quotes."""
+    kw = {"dtype": str, "keep_default_na": False, "on_bad_lines": "skip", **kw}
+    try:
+        return pd.read_csv(path, **kw)
+    except pd.errors.ParserError:
+        opener = __import__("gzip").open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+            text = "\n".join(line for line in fh.read().splitlines() if line.count('"') % 2 == 0)
+        return pd.read_csv(io.StringIO(text), **kw)
 
 
 def map_asterisk(path: Path, c: OperatorConfig) -> pd.DataFrame:
-    df = pd.read_csv(path, header=None, names=list(c.csv.columns), dtype=str, keep_default_na=False, on_bad_lines="skip")
+    df = read_csv(path, header=None, names=list(c.csv.columns))
     start, answer, end = (_local(df[k], "%Y-%m-%d %H:%M:%S", c.timezone) for k in ("start", "answer", "end"))
     disp = df["disposition"].str.upper().map({"ANSWERED": "answered", "NO ANSWER": "no_answer", "BUSY": "busy",
                                               "FAILED": "failed", "CONGESTION": "failed"})
@@ -74,7 +88,7 @@ def map_cucm(path: Path, c: OperatorConfig) -> pd.DataFrame:
     cols = ["cdrRecordType", "globalCallID_callId", "dateTimeOrigination", "dateTimeConnect", "dateTimeDisconnect",
             "callingPartyNumber", "originalCalledPartyNumber", "finalCalledPartyNumber", "origCause_value",
             "destCause_value", "origDeviceName", "destDeviceName", "duration"]
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, skiprows=[1], usecols=cols, on_bad_lines="skip")
+    df = read_csv(path, skiprows=[1], usecols=cols)
     df = df[df["cdrRecordType"] == "1"]
     orig, dest = df["origCause_value"], df["destCause_value"]
     connected = ~df["dateTimeConnect"].isin(["", "0"])
@@ -98,7 +112,7 @@ def map_cucm(path: Path, c: OperatorConfig) -> pd.DataFrame:
 
 
 def map_wholesale(path: Path, c: OperatorConfig) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines="skip")
+    df = read_csv(path)
     times = {k: pd.to_datetime(df[k], utc=True, format="ISO8601", errors="coerce") for k in ("time_start", "time_connect", "time_end")}
     sip = pd.to_numeric(df["sip_code"], errors="coerce")
     q850 = pd.to_numeric(df["q850_cause"], errors="coerce")

@@ -285,7 +285,9 @@ def read_files(
         reader = LineReader(f.path, landing_root, config.csv.encoding, config.csv.max_line_bytes)
         try:
             blocks = reader.blocks()
+            t0 = time.perf_counter()
             first = next(blocks, None)
+            TIMINGS["read bytes -> lines (Python)"] += time.perf_counter() - t0
             first_text = first.text(0) if first is not None and len(first) and 0 not in first.defects else None
             out.columns = parse_header(config, first_text)
             batch.layouts.append(Layout(file_idx, str(f.path), out.columns))
