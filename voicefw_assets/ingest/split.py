@@ -126,7 +126,7 @@ def split_sql(d: Dialect, text: str = "text", cls: str = "cls") -> SplitSql:
         recls = f"CASE WHEN {cls} = 'C' AND contains(replace(array_to_string({{t}}, chr(0)), {QQ}, ''), {Q}) THEN 'D' ELSE {cls} END"
         retokens = f"CASE WHEN {{c}} = 'D' AND {cls} = 'C' THEN {general} ELSE {{t}} END"
         value = (
-            f"(CASE {{c}} WHEN 'A' THEN {{f}} WHEN 'C' THEN replace({{f}}, {QQ}, {Q})"
+            f"(CASE {{c}} WHEN 'A' THEN {{f}} WHEN 'C' THEN (CASE WHEN contains({{f}}, {Q}) THEN replace({{f}}, {QQ}, {Q}) ELSE {{f}} END)"
             f" WHEN 'B' THEN (CASE WHEN starts_with({{f}}, {Q}) THEN {{f}}[2:-2] ELSE {{f}} END)"
             f" ELSE (CASE WHEN starts_with({{f}}, {Q}) THEN replace({{f}}[2:-2], {QQ}, {Q}) ELSE {{f}} END) END)"
         )
