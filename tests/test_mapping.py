@@ -286,3 +286,19 @@ def test_windows_exports_with_bom_and_crlf_map(home):
     con, sync, rep = run(home, "operator_c", date(2026, 11, 2))
     assert not sync.quarantined and rep[date(2026, 11, 2)].mapped == 1
     assert mapped(con, "operator_c")["w1"]["source_line"] == 2
+
+
+def test_paths_with_quotes_and_spaces_work_end_to_end(tmp_path, monkeypatch):
+    """VOICEFW_HOME=/srv/o'brien: every path reaches SQL as a parameter or a quoted literal."""
+    home = tmp_path / "o'brien \"x\" ; drop"
+    home.mkdir()
+    monkeypatch.setenv("VOICEFW_HOME", str(home))
+    monkeypatch.setenv("VOICEFW_SETTLE_S", "0")
+    text = asterisk_row("q1", "07700900123", "02079460000", "2026-11-01 09:00:00", "", "2026-11-01 09:00:05", "5", "0", "NO ANSWER")
+    land(home, "operator_a", "it's.csv", text)
+    from voicefw_assets.ingest import partition_checks, survey_landing
+
+    assert [d.action for d in survey_landing(LandingZone(), operator_configs()).decisions] == ["ingest"]
+    con, sync, rep = run(home, "operator_a", date(2026, 11, 1))
+    assert rep[date(2026, 11, 1)].mapped == 1 and mapped(con, "operator_a")["q1"]["source_file"].endswith("it's.csv")
+    assert all(c.passed for c in partition_checks(con, "operator_a", [date(2026, 11, 1)])[date(2026, 11, 1)].values())
