@@ -173,19 +173,22 @@ class FileOutcome:
 
 
 class _Batch:
-    """Files whose lines go through shared SQL passes and one transaction (opened at the first
-    insert). Lines are buffered up to BATCH_BYTES, then mapped into the staging table; a file that
-    turns out bad after some of its lines went in has them deleted again before the commit."""
+    """Files whose lines go through shared SQL passes: lines are buffered up to BATCH_BYTES, then
+    mapped into a temporary table; a file that turns out bad after some of its lines went in has them
+    deleted there. `commit` summarizes the batch on the temporary table (small) and moves it into
+    the target in one short transaction."""
 
-    def __init__(self, con, config: OperatorConfig, table: str, day_range):
-        self.con, self.config, self.table, self.day_range = con, config, table, day_range
+    TEMP = "__vf_batch"
+
+    def __init__(self, con, config: OperatorConfig, day_range):
+        self.con, self.config, self.day_range = con, config, day_range
         self.layouts: list[Layout] = []
         self.outcomes: list[FileOutcome] = []
         self.line_tables: list[tuple[int, pa.Table]] = []
         self.defects: list[tuple[int, int, str, str]] = []
         self.bytes = 0
-        self.in_transaction = False
-        self.inserted: set[int] = set()  # file_idx with rows in the table
+        self.inserted: set[int] = set()  # file_idx with rows in the temporary table
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {self.TEMP} ({', '.join(f'{c} {t}' for c, t in STAGING_COLUMNS.items())})")
 
     def add(self, file_idx: int, block) -> None:
         n = len(block)
@@ -208,16 +211,13 @@ class _Batch:
         self.line_tables = [(i, t) for i, t in self.line_tables if i != file_idx]
         self.defects = [d for d in self.defects if d[0] != file_idx]
         if file_idx in self.inserted:
-            self.con.execute(f"DELETE FROM {self.table} WHERE source_file = ?", [path])
+            self.con.execute(f"DELETE FROM {self.TEMP} WHERE source_file = ?", [path])
             self.inserted.discard(file_idx)
 
     def flush(self) -> None:
-        """Map the buffered lines into the staging table."""
+        """Map the buffered lines into the temporary table."""
         if not self.line_tables:
             return
-        if not self.in_transaction:
-            self.con.execute("BEGIN TRANSACTION")
-            self.in_transaction = True
         lines = pa.concat_tables([t for _, t in self.line_tables])
         self.con.register("__vf_lines", lines)
         defects = None
@@ -229,17 +229,33 @@ class _Batch:
         try:
             t0 = time.perf_counter()
             select = staging_select(self.config, self.layouts, "__vf_lines", defects, self.day_range)
-            self.con.execute(f"INSERT INTO {self.table} BY NAME SELECT {lit(self.config.name)} AS operator, * FROM ({select})")
+            self.con.execute(f"INSERT INTO {self.TEMP} BY NAME SELECT {lit(self.config.name)} AS operator, * FROM ({select})")
             TIMINGS["map lines (SQL)"] += time.perf_counter() - t0
         finally:
-            for view in ("__vf_lines", defects):
-                if view:
-                    try:
-                        self.con.unregister(view)
-                    except duckdb.Error:
-                        pass  # an aborted transaction refuses even this; the view dies with the cursor
+            self.con.unregister("__vf_lines")
+            if defects:
+                self.con.unregister(defects)
         self.inserted |= {i for i, _ in self.line_tables}
         self.line_tables, self.defects, self.bytes = [], [], 0
+
+    def commit(self, table: str, on_batch) -> None:
+        """Summarize, then move the rows into `table` and record the manifest, atomically."""
+        self.flush()
+        t0 = time.perf_counter()
+        if self.outcomes:
+            _summarize(self.con, self.TEMP, self.outcomes)
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.execute(f"INSERT INTO {table} SELECT * FROM {self.TEMP}")
+            if on_batch and self.outcomes:
+                on_batch(self.outcomes)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        finally:
+            self.con.execute(f"DROP TABLE IF EXISTS {self.TEMP}")
+        TIMINGS["summarize + move + manifest"] += time.perf_counter() - t0
 
 
 def read_files(
@@ -251,34 +267,14 @@ def read_files(
     known_sha: dict[str, str] | None = None,
     on_batch: Callable[[list[FileOutcome]], None] | None = None,
 ) -> list[FileOutcome]:
-    """Read and map `files` into `table` (staging layout). `on_batch` runs inside each batch's
-    transaction once its rows are in and summarized (to record them in the manifest). Returns one
-    outcome per file; quarantine / wait / empty outcomes leave no rows in `table`."""
+    """Read and map `files` into `table` (staging layout). `on_batch` runs inside the transaction
+    that moves each batch's rows in (to record them in the manifest). Returns one outcome per file;
+    quarantine / wait / empty outcomes leave no rows in `table`."""
     day_range = partition_range()
     known_sha = dict(known_sha or {})  # path -> sha256 of loaded files, for duplicates
     hdr = header_lines(config)
     outcomes: list[FileOutcome] = []
-    batch = _Batch(con, config, table, day_range)
-
-    def finish() -> None:
-        nonlocal batch
-        try:
-            batch.flush()
-            if batch.outcomes:
-                t0 = time.perf_counter()
-                _summarize(con, table, batch.outcomes)
-                TIMINGS["summarize + manifest"] += time.perf_counter() - t0
-                if on_batch:
-                    on_batch(batch.outcomes)
-            if batch.in_transaction:
-                con.execute("COMMIT")
-        except BaseException:
-            if batch.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        outcomes.extend(batch.outcomes)
-        batch = _Batch(con, config, table, day_range)
-
+    batch = _Batch(con, config, day_range)
     for f in files:
         out = FileOutcome(f, "ingest")
         file_idx = len(batch.layouts)
@@ -319,10 +315,6 @@ def read_files(
             out.action, out.reason = "wait", str(exc)
         except FileNotFoundError as exc:
             out.action, out.reason = "wait", f"vanished while being read: {exc}"
-        except BaseException:
-            if batch.in_transaction:
-                con.execute("ROLLBACK")
-            raise
         if out.action != "ingest":
             if len(batch.layouts) > file_idx:
                 batch.drop(file_idx, str(f.path))
@@ -332,8 +324,11 @@ def read_files(
         known_sha[str(f.path)] = out.sha256
         batch.outcomes.append(out)
         if batch.bytes > BATCH_BYTES or batch.inserted:
-            finish()
-    finish()
+            batch.commit(table, on_batch)
+            outcomes.extend(batch.outcomes)
+            batch = _Batch(con, config, day_range)
+    batch.commit(table, on_batch)
+    outcomes.extend(batch.outcomes)
     return outcomes
 
 
