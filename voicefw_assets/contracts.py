@@ -57,11 +57,11 @@ MAPPED_COLUMNS = {
 }
 
 # Bumped whenever a table below changes shape: the ingest tables are then rebuilt from landing.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-_nullable = {c: "NOT NULL" not in t for c, t in MAPPED_COLUMNS.items()}
 STAGING_COLUMNS = {
     "operator": "VARCHAR NOT NULL",
+    "batch": "BIGINT NOT NULL",  # registration batch (time_ns): appended in order, so zone maps find a batch
     **{c: t.replace(" NOT NULL", "") for c, t in MAPPED_COLUMNS.items() if c != "operator"},
     "reject_reason": "VARCHAR",  # NULL = a canonical row (before duplicate call_ids are resolved)
     "raw_record": "VARCHAR",  # the line's text (undecodable bytes escaped) when rejected

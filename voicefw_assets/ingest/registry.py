@@ -62,6 +62,7 @@ def ensure_warehouse(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("INSERT OR REPLACE INTO voicefw_schema VALUES ('ingest', ?)", [SCHEMA_VERSION])
     con.execute(WAREHOUSE_DDL)
     con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    con.execute("SET enable_progress_bar = false")  # it would print into run logs and the CLI
     ensure_e164_table(con)
 
 
@@ -173,22 +174,22 @@ class FileOutcome:
 
 
 class _Batch:
-    """Files whose lines go through shared SQL passes: lines are buffered up to BATCH_BYTES, then
-    mapped into a temporary table; a file that turns out bad after some of its lines went in has them
-    deleted there. `commit` summarizes the batch on the temporary table (small) and moves it into
-    the target in one short transaction."""
+    """Files whose lines go through shared SQL passes and one transaction (opened at the first
+    insert): lines are buffered up to BATCH_BYTES, then mapped straight into the target table,
+    tagged with the batch's id. A file that turns out bad after some of its lines went in has them
+    deleted again; `commit` summarizes the batch and records the manifest before the COMMIT. Rows
+    are appended in batch order, so zone maps keep every `WHERE batch = ?` to this batch's rows."""
 
-    TEMP = "__vf_batch"
-
-    def __init__(self, con, config: OperatorConfig, day_range):
-        self.con, self.config, self.day_range = con, config, day_range
+    def __init__(self, con, config: OperatorConfig, table: str, day_range):
+        self.con, self.config, self.table, self.day_range = con, config, table, day_range
+        self.id = time.time_ns()  # increases run after run (one writer at a time)
         self.layouts: list[Layout] = []
         self.outcomes: list[FileOutcome] = []
         self.line_tables: list[tuple[int, pa.Table]] = []
         self.defects: list[tuple[int, int, str, str]] = []
         self.bytes = 0
-        self.inserted: set[int] = set()  # file_idx with rows in the temporary table
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {self.TEMP} ({', '.join(f'{c} {t}' for c, t in STAGING_COLUMNS.items())})")
+        self.in_transaction = False
+        self.inserted: set[int] = set()  # file_idx with rows in the table
 
     def add(self, file_idx: int, block) -> None:
         n = len(block)
@@ -211,13 +212,16 @@ class _Batch:
         self.line_tables = [(i, t) for i, t in self.line_tables if i != file_idx]
         self.defects = [d for d in self.defects if d[0] != file_idx]
         if file_idx in self.inserted:
-            self.con.execute(f"DELETE FROM {self.TEMP} WHERE source_file = ?", [path])
+            self.con.execute(f"DELETE FROM {self.table} WHERE batch = ? AND source_file = ?", [self.id, path])
             self.inserted.discard(file_idx)
 
     def flush(self) -> None:
-        """Map the buffered lines into the temporary table."""
+        """Map the buffered lines into the table."""
         if not self.line_tables:
             return
+        if not self.in_transaction:
+            self.con.execute("BEGIN TRANSACTION")
+            self.in_transaction = True
         lines = pa.concat_tables([t for _, t in self.line_tables])
         self.con.register("__vf_lines", lines)
         defects = None
@@ -229,33 +233,46 @@ class _Batch:
         try:
             t0 = time.perf_counter()
             select = staging_select(self.config, self.layouts, "__vf_lines", defects, self.day_range)
-            self.con.execute(f"INSERT INTO {self.TEMP} BY NAME SELECT {lit(self.config.name)} AS operator, * FROM ({select})")
+            self.con.execute(f"INSERT INTO {self.table} BY NAME SELECT {lit(self.config.name)} AS operator, {self.id} AS batch, *"
+                             f" FROM ({select})")
             TIMINGS["map lines (SQL)"] += time.perf_counter() - t0
+        except BaseException:
+            self.rollback()
+            raise
         finally:
-            self.con.unregister("__vf_lines")
-            if defects:
-                self.con.unregister(defects)
+            for view in ("__vf_lines", defects):
+                if view:
+                    try:
+                        self.con.unregister(view)
+                    except duckdb.Error:
+                        pass
         self.inserted |= {i for i, _ in self.line_tables}
         self.line_tables, self.defects, self.bytes = [], [], 0
 
-    def commit(self, table: str, on_batch) -> None:
-        """Summarize, then move the rows into `table` and record the manifest, atomically."""
+    def rollback(self) -> None:
+        if self.in_transaction:
+            self.con.execute("ROLLBACK")
+            self.in_transaction = False
+
+    def commit(self, on_batch) -> None:
+        """Summarize the batch's rows and record the manifest, then COMMIT."""
         self.flush()
         t0 = time.perf_counter()
-        if self.outcomes:
-            _summarize(self.con, self.TEMP, self.outcomes)
-        self.con.execute("BEGIN TRANSACTION")
         try:
-            self.con.execute(f"INSERT INTO {table} SELECT * FROM {self.TEMP}")
-            if on_batch and self.outcomes:
-                on_batch(self.outcomes)
-            self.con.execute("COMMIT")
+            if self.outcomes:
+                if not self.in_transaction:
+                    self.con.execute("BEGIN TRANSACTION")
+                    self.in_transaction = True
+                _summarize(self.con, self.table, self.id, self.outcomes)
+                if on_batch:
+                    on_batch(self.outcomes)
+            if self.in_transaction:
+                self.con.execute("COMMIT")
+                self.in_transaction = False
         except BaseException:
-            self.con.execute("ROLLBACK")
+            self.rollback()
             raise
-        finally:
-            self.con.execute(f"DROP TABLE IF EXISTS {self.TEMP}")
-        TIMINGS["summarize + move + manifest"] += time.perf_counter() - t0
+        TIMINGS["summarize + manifest"] += time.perf_counter() - t0
 
 
 def read_files(
@@ -274,7 +291,7 @@ def read_files(
     known_sha = dict(known_sha or {})  # path -> sha256 of loaded files, for duplicates
     hdr = header_lines(config)
     outcomes: list[FileOutcome] = []
-    batch = _Batch(con, config, day_range)
+    batch = _Batch(con, config, table, day_range)
     for f in files:
         out = FileOutcome(f, "ingest")
         file_idx = len(batch.layouts)
@@ -315,6 +332,9 @@ def read_files(
             out.action, out.reason = "wait", str(exc)
         except FileNotFoundError as exc:
             out.action, out.reason = "wait", f"vanished while being read: {exc}"
+        except BaseException:
+            batch.rollback()
+            raise
         if out.action != "ingest":
             if len(batch.layouts) > file_idx:
                 batch.drop(file_idx, str(f.path))
@@ -324,10 +344,10 @@ def read_files(
         known_sha[str(f.path)] = out.sha256
         batch.outcomes.append(out)
         if batch.bytes > BATCH_BYTES or batch.inserted:
-            batch.commit(table, on_batch)
+            batch.commit(on_batch)
             outcomes.extend(batch.outcomes)
-            batch = _Batch(con, config, day_range)
-    batch.commit(table, on_batch)
+            batch = _Batch(con, config, table, day_range)
+    batch.commit(on_batch)
     outcomes.extend(batch.outcomes)
     return outcomes
 
@@ -338,14 +358,15 @@ def _chain_first(first, rest):
     yield from rest
 
 
-def _summarize(con, table: str, outcomes: list[FileOutcome]) -> None:
+def _summarize(con, table: str, batch: int, outcomes: list[FileOutcome]) -> None:
     """Per file: data lines per day from its rows; rows without an in-range start go to the
     file's first day (its home), where they are rejected with their reason. A file whose rows
     do not equal its byte-counted data lines is a bug: the transaction fails."""
     paths = [str(o.file.path) for o in outcomes]
     got: dict[str, dict] = {}
     for path, day, n in con.execute(
-        f"SELECT source_file, partition_date, count(*) FROM {table} WHERE list_contains(?, source_file) GROUP BY ALL", [paths]
+        f"SELECT source_file, partition_date, count(*) FROM {table} WHERE batch = ? AND list_contains(?, source_file) GROUP BY ALL",
+        [batch, paths]
     ).fetchall():
         got.setdefault(path, {})[day] = n
     for o in outcomes:
@@ -357,10 +378,11 @@ def _summarize(con, table: str, outcomes: list[FileOutcome]) -> None:
         o.home = min(placed, default=None)
         if o.home is None:
             o.action, o.reason = "quarantine", "no call starts on a partition day (before the first partition date, or in the future)"
-            con.execute(f"DELETE FROM {table} WHERE source_file = ?", [str(o.file.path)])
+            con.execute(f"DELETE FROM {table} WHERE batch = ? AND source_file = ?", [batch, str(o.file.path)])
             continue
         if None in days:
-            con.execute(f"UPDATE {table} SET partition_date = ? WHERE source_file = ? AND partition_date IS NULL", [o.home, str(o.file.path)])
+            con.execute(f"UPDATE {table} SET partition_date = ? WHERE batch = ? AND source_file = ? AND partition_date IS NULL",
+                        [o.home, batch, str(o.file.path)])
             placed[o.home] = placed.get(o.home, 0) + days[None]
         o.days = placed
 
