@@ -302,3 +302,33 @@ def test_paths_with_quotes_and_spaces_work_end_to_end(tmp_path, monkeypatch):
     con, sync, rep = run(home, "operator_a", date(2026, 11, 1))
     assert rep[date(2026, 11, 1)].mapped == 1 and mapped(con, "operator_a")["q1"]["source_file"].endswith("it's.csv")
     assert all(c.passed for c in partition_checks(con, "operator_a", [date(2026, 11, 1)])[date(2026, 11, 1)].values())
+
+
+def test_numbers_written_with_a_bare_country_code_and_misplaced_cause_codes(home):
+    """Hand-computed rows: a UK switch writing 442079460002 means +442079460002 (not +44442079460002);
+    an impossible UK length is no number (NULL + flag, row kept); a SIP code in the Q.850 column of a
+    wholesale export (487) keeps the row with the cause NULL + flag; ms ring timers are seconds."""
+    text = (
+        asterisk_row("n1", "442079460002", "447700900123", "2026-11-03 09:00:00", "", "2026-11-03 09:00:04", "4", "0", "NO ANSWER")
+        + asterisk_row("n2", "033005122192", "0044 7700 900124", "2026-11-03 09:01:00", "2026-11-03 09:01:02", "2026-11-03 09:02:02", "62", "60", "ANSWERED")
+    )
+    land(home, "operator_a", "Master.csv", text)
+    con, _, rep = run(home, "operator_a", date(2026, 11, 3))
+    m = mapped(con, "operator_a")
+    assert (m["n1"]["a_number"], m["n1"]["b_number"], m["n1"]["quality_flags"]) == ("+442079460002", "+447700900123", None)
+    assert (m["n2"]["a_number"], m["n2"]["a_number_raw"], m["n2"]["quality_flags"]) == (None, "033005122192", ["a_number_invalid"])
+    assert m["n2"]["b_number"] == "+447700900124" and m["n2"]["duration_s"] == 60 and m["n2"]["ring_s"] == 2
+    assert rep[date(2026, 11, 3)].flags == {"a_number_invalid": 1} and rep[date(2026, 11, 3)].rejected == 0
+
+    header = "call_id,time_start,time_connect,time_end,src_number,dst_number,orig_gw,term_gw,pdd_ms,ring_ms,sip_code,sip_reason,q850_cause,disconnect_initiator,duration\n"
+    land(home, "operator_c", "w.csv", header
+         + "w1,2026-11-03T10:00:00Z,,2026-11-03T10:00:01.5Z,447700900123,4930123456,a,b,300,1500,487,Request Terminated,487,orig,0\n"
+         + "w2,2026-11-03T10:00:00+01:00,2026-11-03T10:00:07+01:00,2026-11-03T10:01:07+01:00,0033612345678,33612345679,a,b,300,7000,200,OK,16,term,60\n")
+    con.close()
+    con, _, rep = run(home, "operator_c", date(2026, 11, 3))
+    m = mapped(con, "operator_c")
+    assert (m["w1"]["q850_cause"], m["w1"]["sip_code"], m["w1"]["quality_flags"]) == (None, 487, ["q850_cause_invalid"])
+    assert m["w1"]["disposition"] == "cancelled" and m["w1"]["ring_s"] == 1.5 and not m["w1"]["answered"]
+    assert m["w2"]["start_time"] == utc(2026, 11, 3, 9, 0) and m["w2"]["ring_s"] == 7 and m["w2"]["duration_s"] == 60
+    assert m["w2"]["a_number"] == "+33612345678" and m["w2"]["b_number"] == "+33612345679"
+    assert rep[date(2026, 11, 3)].flags == {"q850_cause_invalid": 1}
