@@ -553,8 +553,7 @@ def sync_landing(con: duckdb.DuckDBPyConnection, config: OperatorConfig, landing
     known_sha = {p: k.sha256 for p, k in manifest(con, config.name).items() if k.status == "loaded" and k.sha256}
 
     def record(batch: list[FileOutcome]) -> None:
-        for o in batch:
-            _record(con, config, o)
+        _record(con, config, *batch)
 
     for o in read_files(con, config, to_read, landing.landing_dir, "ingest_rows", known_sha, on_batch=record):
         path = str(o.file.path)
@@ -602,17 +601,31 @@ def _unregister(con, paths: list[str], report: SyncReport, known: dict[str, Regi
         report.dates_touched |= set(known[p].days) if p in known else set()
 
 
-def _record(con, config: OperatorConfig, o: FileOutcome) -> None:
-    """The manifest entry of one file (replacing any earlier one)."""
-    status = {"ingest": "loaded", "empty": "empty"}.get(o.action, "duplicate" if (o.reason or "").startswith("duplicate") else "quarantined")
-    path = str(o.file.path)
-    con.execute("DELETE FROM landing_files WHERE path = ?", [path])
-    con.execute("DELETE FROM landing_file_days WHERE path = ?", [path])
-    con.execute(
-        "INSERT INTO landing_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-        [config.name, path, o.file.size, o.file.mtime_ns, o.sha256, status, o.lines, o.header_lines,
-         o.lines - o.header_lines if status == "loaded" else 0, o.defect_lines, o.encoding, config.fingerprint,
-         list(o.columns) or None, o.home, o.reason],
-    )
-    if status == "loaded" and o.days:
-        con.executemany("INSERT INTO landing_file_days VALUES (?, ?, ?)", [[path, d, n] for d, n in sorted(o.days.items())])
+def _record(con, config: OperatorConfig, *outcomes: FileOutcome) -> None:
+    """The manifest entries of files (replacing earlier ones): one statement per table."""
+    if not outcomes:
+        return
+    files, days = [], []
+    for o in outcomes:
+        status = {"ingest": "loaded", "empty": "empty"}.get(o.action, "duplicate" if (o.reason or "").startswith("duplicate") else "quarantined")
+        path = str(o.file.path)
+        files.append((config.name, path, o.file.size, o.file.mtime_ns, o.sha256, status, o.lines, o.header_lines,
+                      o.lines - o.header_lines if status == "loaded" else 0, o.defect_lines, o.encoding, config.fingerprint,
+                      list(o.columns) or None, o.home, o.reason))
+        if status == "loaded":
+            days += [(path, d, n) for d, n in sorted(o.days.items())]
+    paths = [f[1] for f in files]
+    con.execute("DELETE FROM landing_files WHERE list_contains(?, path)", [paths])
+    con.execute("DELETE FROM landing_file_days WHERE list_contains(?, path)", [paths])
+    names = ["operator", "path", "size", "mtime_ns", "sha256", "status", "lines", "header_lines", "data_lines", "defect_lines",
+             "encoding", "config", "columns", "home_date", "detail"]
+    rows = {n: [f[i] for f in files] for i, n in enumerate(names)}
+    table = pa.table({n: pa.array(v, pa.list_(pa.string()) if n == "columns" else None) for n, v in rows.items()})
+    con.register("__vf_files", table)
+    con.execute("INSERT INTO landing_files BY NAME SELECT *, now() AS registered_at FROM __vf_files")
+    con.unregister("__vf_files")
+    if days:
+        con.register("__vf_days", pa.table({"path": [d[0] for d in days], "partition_date": [d[1] for d in days],
+                                            "lines": pa.array([d[2] for d in days], pa.int64())}))
+        con.execute("INSERT INTO landing_file_days BY NAME SELECT * FROM __vf_days")
+        con.unregister("__vf_days")
