@@ -145,6 +145,64 @@ def phase_engine(home: Path) -> dict:
     return out
 
 
+def explain(home: Path, max_files: int = 8) -> None:
+    """EXPLAIN ANALYZE of the staging SELECT over the first files of each operator: operator time
+    per step of the generated SQL (the last columns each projection adds name the step)."""
+    import json
+    import tempfile
+
+    import duckdb
+    import numpy as np
+    import pyarrow as pa
+
+    from voicefw_assets.ingest.files import LineReader, string_views
+    from voicefw_assets.ingest.numbers import ensure_e164_table
+    from voicefw_assets.ingest.registry import partition_range
+    from voicefw_assets.ingest.rows import Layout, parse_header, staging_select
+    from voicefw_assets.operators import operator_configs
+
+    for op, files in _files(home).items():
+        config = operator_configs()[op]
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        ensure_e164_table(con)
+        tables, layouts = [], []
+        for i, f in enumerate(files[:max_files]):
+            try:
+                blocks = list(LineReader(f, home / "landing", config.csv.encoding).blocks())
+                layouts.append(Layout(i, str(f), parse_header(config, blocks[0].text(0) if blocks else None)))
+            except Exception:  # noqa: BLE001 - the files voicefw quarantines
+                continue
+            tables += [pa.table({"file_idx": pa.repeat(pa.scalar(i, pa.int32()), len(b)),
+                                 "line_no": pa.array(np.arange(b.first_line, b.first_line + len(b))),
+                                 "text": string_views(b)}) for b in blocks if len(b)]
+        lines = pa.concat_tables(tables)
+        con.register("lines", lines)
+        out = Path(tempfile.mkstemp(suffix=".json")[1])
+        con.execute("PRAGMA enable_profiling = 'json'")
+        con.execute(f"PRAGMA profiling_output = '{out}'")
+        con.execute(f"CREATE TABLE x AS {staging_select(config, layouts, 'lines', None, partition_range())}")
+        con.execute("PRAGMA disable_profiling")
+        steps: list[tuple[float, str]] = []
+
+        def walk(node: dict) -> None:
+            info = node.get("extra_info") or {}
+            cols = info.get("Projections") if isinstance(info, dict) else None
+            label = node.get("name", "")
+            if isinstance(cols, list) and cols:
+                label += " -> " + ", ".join(str(c)[:32] for c in cols[-3:])
+            steps.append((node.get("timing", 0.0), label))
+            for child in node.get("children", []):
+                walk(child)
+
+        walk(json.loads(out.read_text())["operator"][0])
+        total = sum(t for t, _ in steps)
+        print(f"\n{op}: {lines.num_rows:,} lines, operator time {total:.2f} s ({total / lines.num_rows * 1e6:.1f} µs a line)")
+        for t, label in sorted(steps, reverse=True)[:8]:
+            print(f"  {t:6.3f} s  {100 * t / total:4.1f} %  {label}")
+        out.unlink()
+
+
 PHASES = {"scan": phase_scan, "typed_load": phase_typed_load, "pandas": phase_pandas, "engine": phase_engine}
 
 
@@ -169,6 +227,7 @@ def main() -> None:
     ap.add_argument("--home", default="/tmp/voicefw-bench-ingest")
     ap.add_argument("--phases", default="scan,typed_load,pandas,engine", help="comma-separated subset")
     ap.add_argument("--cli", action="store_true", help="also time `voicefw materialize` with Dagster runs")
+    ap.add_argument("--explain", action="store_true", help="only profile the generated SQL per step (EXPLAIN ANALYZE)")
     args = ap.parse_args()
     home = Path(args.home)
 
@@ -192,6 +251,9 @@ def main() -> None:
         shutil.copytree(backup, home / "landing")
 
     fresh()
+    if args.explain:
+        explain(home)
+        return
     size_mb = sum(p.stat().st_size for p in (home / "landing").rglob("*") if p.is_file()) / 1e6
     results = {}
     for name in args.phases.split(","):
