@@ -25,7 +25,7 @@ class InvalidNumber(ValueError):
 
 def _cleaned(text: str) -> str | None:
     """Step 2: '+'? digits (plain digits as they are; else URI decoration and formatting removed)."""
-    if not text.lstrip("+0123456789") and "+" not in text[1:]:
+    if _CLEANED.fullmatch(text):
         return text
     low = text.lower()
     if ":" in low or "@" in low or ";" in low:  # the only characters _URI can match on

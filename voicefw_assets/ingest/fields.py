@@ -37,7 +37,11 @@ def base_sql(spec: FieldSpec) -> str:
     """The field's source text (trimmed, '' and null_if values as NULL)."""
     if spec.value is not None:
         return lit(spec.value)
-    expr = f"nullif(trim({config_sql(spec.sql, 'VARCHAR')}), '')" if spec.sql is not None else f"nullif(trim({q(spec.column)}), '')"
+    if spec.sql is not None:
+        expr = f"nullif(trim({config_sql(spec.sql, 'VARCHAR')}), '')"
+    else:  # a column reference: test for spaces first (trim() copies every value; ~4x the cost)
+        col = q(spec.column)
+        expr = f"nullif(CASE WHEN starts_with({col}, ' ') OR ends_with({col}, ' ') THEN trim({col}) ELSE {col} END, '')"
     for v in list(spec.null_if) + (["0"] if spec.zero_is_null else []):
         expr = f"nullif({expr}, {lit(v.strip())})"
     return expr
