@@ -191,8 +191,9 @@ def contract_rules_sql() -> dict[str, str]:
     return rules
 
 
-def contract_violations_sql(table: str = "mapped_cdrs", where: str = "true") -> str:
-    """One pass: per partition_date, the number of rows breaking each rule."""
+def contract_violations_sql(table: str = "mapped_cdrs", where: str = "true", extra: dict[str, str] | None = None) -> str:
+    """One pass: per partition_date, the number of rows breaking each rule (plus `extra` aggregates)."""
     rules = contract_rules_sql()
-    counts = ", ".join(f'count(*) FILTER (WHERE NOT ({sql})) AS "{name}"' for name, sql in rules.items())
+    counts = ", ".join([f'count(*) FILTER (WHERE NOT ({sql})) AS "{name}"' for name, sql in rules.items()]
+                       + [f'{sql} AS "{name}"' for name, sql in (extra or {}).items()])
     return f"SELECT partition_date, count(*) AS rows, {counts} FROM {table} WHERE {where} GROUP BY partition_date"

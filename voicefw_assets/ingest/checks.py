@@ -51,19 +51,20 @@ def partition_checks(con: duckdb.DuckDBPyConnection, operator: str, days: list[d
            WHERE coalesce(s.n, 0) <> files.data_lines""", params
     ).fetchall():
         short_files[d].append(f"{path}: {data_lines} data lines, {staged} rows")
-    for d, n in con.execute(f"SELECT partition_date, count(*) FROM mapped_cdrs WHERE {scope} GROUP BY 1", params).fetchall():
-        mapped[d] = n
     for d, n in con.execute(f"SELECT partition_date, count(*) FROM rejected_cdrs WHERE {scope} GROUP BY 1", params).fetchall():
         rejected[d] = n
-    dupes = dict(con.execute(
-        f"SELECT partition_date, count(*) - count(DISTINCT call_id) FROM mapped_cdrs WHERE {scope} GROUP BY 1", params).fetchall())
-    outside = dict(con.execute(
-        f"""SELECT partition_date, count(*) FILTER (WHERE CAST(timezone('UTC', start_time) AS DATE) <> partition_date
-                                                    OR end_time < start_time)
-            FROM mapped_cdrs WHERE {scope} GROUP BY 1""", params).fetchall())
-    cur = con.execute(contract_violations_sql("mapped_cdrs", scope), params)
+    # one scan of mapped_cdrs: row count, duplicates, times outside the day, and every contract rule
+    extra = {
+        "__duplicates": "count(*) - count(DISTINCT call_id)",
+        "__outside": "count(*) FILTER (WHERE CAST(timezone('UTC', start_time) AS DATE) <> partition_date OR end_time < start_time)",
+    }
+    cur = con.execute(contract_violations_sql("mapped_cdrs", scope, extra), params)
     names = [c[0] for c in cur.description]
     contract = {r[0]: dict(zip(names[1:], r[1:])) for r in cur.fetchall()}
+    for d, c in contract.items():
+        mapped[d] = c["rows"]
+    dupes = {d: c.pop("__duplicates") for d, c in contract.items()}
+    outside = {d: c.pop("__outside") for d, c in contract.items()}
     for d in days:
         c = contract.get(d, {"rows": 0})
         broken = {k: v for k, v in c.items() if k != "rows" and v}
