@@ -59,3 +59,34 @@ def test_a_flagged_row_without_callee_number_passes():
     counts = dict(zip([d[0] for d in cur.description], cur.fetchall()[0]))
     assert not any(v for k, v in counts.items() if k not in ("partition_date", "rows"))
     assert set(contract_rules_sql()) >= set(BAD)
+
+
+def test_partition_checks_fail_when_a_line_goes_missing_or_a_row_breaks_the_contract(home):
+    """The checks are not vacuous: a staged row lost after registration, a duplicate call_id and a
+    non-E.164 number each fail their check (on tables tampered with after a clean mapping)."""
+    from datetime import date
+
+    from resources.landing import LandingZone
+    from tests.test_mapping import asterisk_row, land
+    from voicefw_assets.ingest import map_partitions, partition_checks, sync_landing
+    from voicefw_assets.operators import operator_configs
+
+    rows = "".join(asterisk_row(f"k{i}", "07700900123", "02079460000", f"2026-11-01 09:0{i}:00", "",
+                                f"2026-11-01 09:0{i}:05", "5", "0", "NO ANSWER") for i in range(3))
+    land(home, "operator_a", "Master.csv", rows)
+    con = duckdb.connect(str(home / "w.duckdb"))
+    config, day = operator_configs()["operator_a"], date(2026, 11, 1)
+    sync_landing(con, config, LandingZone())
+    map_partitions(con, config, [day])
+
+    def failed() -> set[str]:
+        return {k for k, v in partition_checks(con, "operator_a", [day])[day].items() if not v.passed}
+
+    assert failed() == set()
+    con.execute("UPDATE mapped_cdrs SET a_number = '+4412' WHERE call_id = 'k0'")
+    assert failed() == {"canonical_contract"}
+    con.execute("UPDATE mapped_cdrs SET call_id = 'k2' WHERE call_id = 'k1'")
+    assert "unique_call_id" in failed()
+    con.execute("DELETE FROM ingest_rows WHERE call_id = 'k2' AND source_line = 3")
+    map_partitions(con, config, [day])  # a line lost between the bytes and the rows can never reconcile
+    assert failed() == {"rows_reconcile"}
