@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -51,6 +52,10 @@ TABLES = {
     "version": "table_name(str) table_version(int)",
 }
 VERSIONS = {"acc": 5, "missed_calls": 4, "acc_cdrs": 2}
+# db_flatstore writes no header: its fields come in the order acc inserts them, which is the order
+# declared above without `id` (acc: method ... time, time_attr, time_exten, db_extra; cdrs: start_time,
+# end_time, duration, cdr_extra).
+FLATSTORE_COLUMNS = {t: [d.split("(")[0] for d in TABLES[t].split(" ")][1:] for t in ("acc", "missed_calls", "acc_cdrs")}
 
 # What a callee does; the caller's behaviour follows from it (it waits, or it cancels while ringing).
 CALLEE_KINDS = ("answer", "answer_callee_bye", "ring", "reject")
@@ -123,7 +128,13 @@ class SwitchRun:
     proxy_log: Path
 
     def table(self, name: str) -> Path:
+        """The db_text file of a table."""
         return self.dbtext / name
+
+    def flatstore_files(self, table: str) -> list[Path]:
+        """db_flatstore's `<table>_<process rank>.log` files of a table."""
+        pattern = re.compile(rf"^{re.escape(table)}_[0-9]+\.log$")
+        return sorted(p for p in self.flatstore.iterdir() if pattern.match(p.name))
 
 
 class Kamailio:
