@@ -75,7 +75,8 @@ class PlannedCall:
 
     answered (caller hangs up after `hold_ms`), answered_callee_bye (callee hangs up after
     `hold_ms`), cancelled (caller hangs up after ringing `ring_ms`), rejected (callee answers
-    `code` after ringing), no_answer (rings until the proxy's INVITE timer gives up: 408).
+    `code` after ringing), no_answer (rings until the proxy's INVITE timer gives up: 408),
+    blocked (the proxy itself refuses it: it never reaches a callee).
     """
 
     caller: str
@@ -90,8 +91,10 @@ class PlannedCall:
     campaign: str = ""
     stream: str = "calls"  # calls of one stream come from one SIPp caller, at its rate
 
-    def callee_key(self) -> tuple:
+    def callee_key(self) -> tuple | None:
         match self.kind:
+            case "blocked":
+                return None
             case "answered":
                 return ("answer", self.ring_ms // 500 * 500, 0, 0)
             case "answered_callee_bye":
@@ -140,7 +143,8 @@ class SwitchRun:
 class Kamailio:
     """A throwaway Kamailio on 127.0.0.1:<free port> with its own db_text/flatstore directories."""
 
-    def __init__(self, workdir: Path, *, fr_inv_ms: int = 3000, children: int = 2) -> None:
+    def __init__(self, workdir: Path, *, fr_inv_ms: int = 3000, children: int = 2,
+                 defines: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.dbtext = workdir / "dbtext"
         self.flatstore = workdir / "flatstore"
@@ -148,6 +152,7 @@ class Kamailio:
         self.port = free_udp_port()
         self.fr_inv_ms = fr_inv_ms
         self.children = children
+        self.defines = defines  # extra `-A` preprocessor defines, e.g. WITH_BLOCKLIST
         self.proc: subprocess.Popen | None = None
 
     def prepare(self) -> None:
@@ -168,6 +173,7 @@ class Kamailio:
             "-A", f'TEXT_CONNECTION="text=>text://{self.dbtext}"',
             "-A", f'FLAT_CONNECTION="flat=>flatstore:{self.flatstore}"',
             "-A", f"FR_INV_MS={self.fr_inv_ms}",
+            *(arg for d in self.defines for arg in ("-A", d)),
         ]  # fmt: skip
 
     def start(self) -> None:
@@ -369,12 +375,13 @@ def place_calls(
     fr_inv_ms: int = 3000,
     call_id_format: str = "%u-%p@%s",
     timeout_s: float = 600.0,
+    proxy_defines: tuple[str, ...] = (),
 ) -> SwitchRun:
     """Place `plan` through a fresh Kamailio; `rates` are calls per second per stream."""
     workdir.mkdir(parents=True, exist_ok=True)
     procs = _Procs()
     rates = rates or {}
-    with Kamailio(workdir, fr_inv_ms=fr_inv_ms) as proxy:
+    with Kamailio(workdir, fr_inv_ms=fr_inv_ms, defines=proxy_defines) as proxy:
         try:
             callee_addr = _start_callees(plan, workdir, procs)
             callers = _start_callers(plan, workdir, procs, proxy.port, callee_addr, rates, default_rate,
@@ -401,8 +408,9 @@ def place_calls(
 def _start_callees(plan, workdir: Path, procs: _Procs) -> dict[tuple, str]:
     counts: dict[tuple, int] = defaultdict(int)
     for call in plan:
-        counts[call.callee_key()] += 1
-    addr = {}
+        if call.callee_key() is not None:
+            counts[call.callee_key()] += 1
+    addr: dict[tuple | None, str] = {None: "127.0.0.1:9"}  # blocked calls: never forwarded
     for i, (key, n) in enumerate(sorted(counts.items())):
         kind, ring, hold, code = key
         name = f"callee{i}_{kind}"
