@@ -9,6 +9,8 @@ independent clock reading (same host, so within milliseconds).
 from __future__ import annotations
 
 import csv
+import os
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -140,18 +142,25 @@ def read_expectations(path: Path) -> list[dict[str, str]]:
 GROUND_TRUTH_COLUMNS = ("operator", "call_id", "truth", "scenario", "campaign")
 
 
-def write_ground_truth(rows: list[Expected], operator: str, home: Path) -> list[Path]:
-    """$VOICEFW_HOME/ground_truth/<operator>/<UTC day>.csv, the simulator's layout, ordered by start."""
-    by_day: dict[str, list[Expected]] = {}
-    for e in sorted(rows, key=lambda e: (e.start, e.call_id)):
-        by_day.setdefault(iso(e.start)[:10], []).append(e)
-    out = []
-    for day, calls in by_day.items():
+def merge_ground_truth(rows: list[Expected], operator: str, home: Path) -> list[Path]:
+    """Add these calls to <home>/ground_truth/<operator>/<UTC day>.csv (the simulator's layout),
+    keeping rows already there, ordered by start time; written via a dot-name and a rename."""
+    by_day: dict[str, list[Expected]] = defaultdict(list)
+    for e in rows:
+        by_day[iso(e.start)[:10]].append(e)
+    written = []
+    for day, calls in sorted(by_day.items()):
         path = home / "ground_truth" / operator / f"{day}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(GROUND_TRUTH_COLUMNS)
-            w.writerows((operator, e.call_id, e.truth, e.scenario, e.campaign) for e in calls)
-        out.append(path)
-    return out
+        old = list(csv.DictReader(path.open(newline=""))) if path.exists() else []
+        known = {r["call_id"] for r in old}
+        new = [dict(zip(GROUND_TRUTH_COLUMNS, (operator, e.call_id, e.truth, e.scenario, e.campaign), strict=True))
+               for e in sorted(calls, key=lambda e: (e.start, e.call_id)) if e.call_id not in known]
+        tmp = path.with_name(f".{path.name}.part")
+        with tmp.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=GROUND_TRUTH_COLUMNS, lineterminator="\n")
+            w.writeheader()
+            w.writerows(old + new)
+        os.replace(tmp, path)
+        written.append(path)
+    return written

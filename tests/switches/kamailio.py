@@ -57,8 +57,6 @@ VERSIONS = {"acc": 5, "missed_calls": 4, "acc_cdrs": 2}
 # end_time, duration, cdr_extra).
 FLATSTORE_COLUMNS = {t: [d.split("(")[0] for d in TABLES[t].split(" ")][1:] for t in ("acc", "missed_calls", "acc_cdrs")}
 
-# What a callee does; the caller's behaviour follows from it (it waits, or it cancels while ringing).
-CALLEE_KINDS = ("answer", "answer_callee_bye", "ring", "reject")
 REASONS = {404: "Not Found", 480: "Temporarily Unavailable", 486: "Busy Here", 503: "Service Unavailable",
            603: "Decline: not\\now|later"}  # odd but legal reason text: exercises both formats' escaping
 
@@ -83,9 +81,11 @@ class PlannedCall:
     callee: str
     kind: str
     trunk_ip: str = "127.0.0.2"
-    ring_ms: int = 1000
-    hold_ms: int = 1500
+    ring_ms: int = 1000  # cancelled: exact; answered/rejected: the callee rings ring_ms + 0..ring_spread_ms
+    hold_ms: int = 1500  # answered: exact; answered_callee_bye: hold_ms + 0..hold_spread_ms
     code: int = 486
+    ring_spread_ms: int = 499
+    hold_spread_ms: int = 499
     truth: str = "normal"  # ground truth for the detector: normal / flash
     scenario: str = ""
     campaign: str = ""
@@ -96,18 +96,18 @@ class PlannedCall:
             case "blocked":
                 return None
             case "answered":
-                return ("answer", self.ring_ms // 500 * 500, 0, 0)
+                return ("answer", self.ring_ms, self.ring_spread_ms, 0, 0, 0)
             case "answered_callee_bye":
-                return ("answer_callee_bye", self.ring_ms // 500 * 500, self.hold_ms // 500 * 500, 0)
+                return ("answer_callee_bye", self.ring_ms, self.ring_spread_ms, self.hold_ms, self.hold_spread_ms, 0)
             case "rejected":
-                return ("reject", self.ring_ms // 500 * 500, 0, self.code)
+                return ("reject", self.ring_ms, self.ring_spread_ms, 0, 0, self.code)
             case "cancelled" | "no_answer":
-                return ("ring", 0, 0, 0)
+                return ("ring", 0, 0, 0, 0, 0)
         raise ValueError(f"unknown call kind {self.kind!r}")
 
     def caller_key(self) -> tuple:
         scenario = "uac_cancel" if self.kind == "cancelled" else "uac_wait"
-        hold = self.hold_ms if self.kind == "answered" else 60_000
+        hold = self.hold_ms if self.kind == "answered" else 24 * 3_600_000  # others: the callee ends it
         return (self.stream, scenario, self.trunk_ip, hold)
 
 
@@ -266,22 +266,23 @@ _SDP = """      Content-Type: application/sdp
       a=rtpmap:0 PCMU/8000"""
 
 
-def _ring(lo: int) -> str:
-    return f'  <pause distribution="uniform" min="{lo}" max="{lo + 499}"/>'
+def _uniform(lo: int, spread: int) -> str:
+    return f'  <pause distribution="uniform" min="{lo}" max="{lo + spread}"/>'
 
 
 _CSEQ = '<action><ereg regexp=".*" search_in="hdr" header="CSeq:" assign_to="cseq"/></action>'
 
 
-def callee_outcome(kind: str, ring: int, hold: int, code: int) -> str:
+def callee_outcome(kind: str, ring: int, ring_spread: int, hold: int, hold_spread: int, code: int) -> str:
     """The scenario steps after the 180 for one callee behaviour."""
     if kind in ("answer", "answer_callee_bye"):
         steps = [
-            _ring(ring),
+            _uniform(ring, ring_spread),
             f'  <send retrans="500">\n    <![CDATA[\n      SIP/2.0 200 OK\n{_OK}\n{_SDP}\n    ]]>\n  </send>',
             '  <recv request="ACK" rrs="true" crlf="true"/>',
         ]
-        if kind == "answer":
+        if kind == "answer":  # the caller's ACK and BYE may overtake each other through the proxy
+            steps[-1] = '  <recv request="ACK" optional="true" rrs="true" crlf="true"/>'
             steps += ['  <recv request="BYE"/>',
                       f"  <send>\n    <![CDATA[\n      SIP/2.0 200 OK\n{_OK}\n      Content-Length: 0\n    ]]>\n  </send>"]
         else:
@@ -291,7 +292,7 @@ def callee_outcome(kind: str, ring: int, hold: int, code: int) -> str:
                 '<ereg regexp=".*" search_in="hdr" header="To:" assign_to="callee"/></action></recv>'
             )
             steps += [
-                f'  <pause distribution="uniform" min="{hold}" max="{hold + 499}"/>',
+                _uniform(hold, hold_spread),
                 '  <send retrans="500">\n    <![CDATA[\n      BYE [next_url] SIP/2.0\n'
                 "      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]\n      [routes]\n"
                 "      From: [$callee];tag=[pid]vfwb[call_number]\n      To: [$caller]\n"
@@ -302,7 +303,7 @@ def callee_outcome(kind: str, ring: int, hold: int, code: int) -> str:
         return "\n".join(steps)
     if kind == "reject":
         return "\n".join([
-            _ring(ring),
+            _uniform(ring, ring_spread),
             f"  <send>\n    <![CDATA[\n      SIP/2.0 {code} {REASONS.get(code, 'Rejected')}\n{_OK}\n"
             "      Content-Length: 0\n    ]]>\n  </send>",
             '  <recv request="ACK" crlf="true"/>',
@@ -372,36 +373,50 @@ def place_calls(
     *,
     rates: dict[str, float] | None = None,
     default_rate: float = 10.0,
+    starts: dict[str, float] | None = None,
     fr_inv_ms: int = 3000,
     call_id_format: str = "%u-%p@%s",
     timeout_s: float = 600.0,
     proxy_defines: tuple[str, ...] = (),
 ) -> SwitchRun:
-    """Place `plan` through a fresh Kamailio; `rates` are calls per second per stream."""
+    """Place `plan` through a fresh Kamailio and return what both sides logged, in plan order.
+
+    `rates`: calls per second of each stream (shared by its SIPp callers in proportion to their
+    calls); `starts`: seconds after the first caller at which a stream begins (bursts)."""
+    late = [c for c in plan if c.kind in ("answered", "answered_callee_bye", "rejected", "cancelled")
+            and c.ring_ms + (0 if c.kind == "cancelled" else c.ring_spread_ms) >= fr_inv_ms - 500]
+    if late:  # the proxy would cancel them (408) before they could happen as planned
+        raise ValueError(f"{len(late)} call(s) ring longer than fr_inv_ms={fr_inv_ms} allows, e.g. {late[0]}")
     workdir.mkdir(parents=True, exist_ok=True)
     procs = _Procs()
-    rates = rates or {}
     with Kamailio(workdir, fr_inv_ms=fr_inv_ms, defines=proxy_defines) as proxy:
         try:
             callee_addr = _start_callees(plan, workdir, procs)
-            callers = _start_callers(plan, workdir, procs, proxy.port, callee_addr, rates, default_rate,
-                                     call_id_format)
-            _wait(procs, callers, workdir, timeout_s)
+            callers = _caller_specs(plan, workdir, proxy.port, callee_addr, rates or {}, default_rate,
+                                    call_id_format)
+            starts = starts or {}
+            t0 = time.monotonic()
+            for stream, name, cmd in sorted(callers, key=lambda c: starts.get(c[0], 0.0)):
+                delay = starts.get(stream, 0.0) - (time.monotonic() - t0)
+                if delay > 0:
+                    time.sleep(delay)
+                procs.start(name, cmd, workdir)
+            _wait(procs, timeout_s)
         finally:
             procs.kill_all()
-    sipp_events: dict[str, dict[str, list[str]]] = {}
-    order: list[tuple[str, PlannedCall]] = []
-    for name, rows in callers.items():
-        events = _read_events(workdir / f"{name}.log")
-        by_caller = {(ev["invite"][2], ev["invite"][3]): cid for cid, ev in events.items() if "invite" in ev}
-        for call in rows:
-            cid = by_caller.get((call.caller, call.callee))
-            if cid is None:
-                raise RuntimeError(f"{name}: SIPp logged no INVITE for {call}")
-            order.append((cid, call))
-        sipp_events.update(events)
+    sipp: dict[str, dict[str, list[str]]] = {}
+    by_index: dict[int, str] = {}
+    for _, name, _ in callers:
+        for cid, events in _read_events(workdir / f"{name}.log").items():
+            sipp[cid] = events
+            if "invite" in events:
+                by_index[int(events["invite"][4])] = cid
+    missing = [i for i in range(len(plan)) if i not in by_index]
+    if missing:
+        raise RuntimeError(f"SIPp logged no INVITE for {len(missing)} planned call(s), e.g. {plan[missing[0]]}")
     proxy_events = _proxy_events(proxy.log)
-    records = [CallRecord(cid, call, sipp_events.get(cid, {}), proxy_events.get(cid, {})) for cid, call in order]
+    records = [CallRecord(by_index[i], call, sipp[by_index[i]], proxy_events.get(by_index[i], {}))
+               for i, call in enumerate(plan)]
     return SwitchRun(workdir, proxy.dbtext, proxy.flatstore, records, proxy.port, proxy.log)
 
 
@@ -412,13 +427,11 @@ def _start_callees(plan, workdir: Path, procs: _Procs) -> dict[tuple, str]:
             counts[call.callee_key()] += 1
     addr: dict[tuple | None, str] = {None: "127.0.0.1:9"}  # blocked calls: never forwarded
     for i, (key, n) in enumerate(sorted(counts.items())):
-        kind, ring, hold, code = key
+        kind, ring, ring_spread, hold, hold_spread, _ = key
         name = f"callee{i}_{kind}"
         scen = workdir / f"{name}.xml"
-        scen.write_text(_scenario("uas", OUTCOME=callee_outcome(kind, ring, hold, code),
-                                  INVITE_ACTIONS=_CSEQ if kind == "ring" else "",
-                                  RING_MIN=str(ring), RING_MAX=str(ring + 499), HOLD_MS=str(hold),
-                                  ))
+        scen.write_text(_scenario("uas", OUTCOME=callee_outcome(*key), INVITE_ACTIONS=_CSEQ if kind == "ring" else "",
+                                  RING_MIN=str(ring), RING_MAX=str(ring + ring_spread), HOLD_MS=str(hold)))
         port = free_udp_port()
         procs.start(name, [*_sipp_base(scen, workdir / f"{name}.log"), "-i", PROXY_IP, "-p", str(port),
                            "-m", str(n)], workdir)
@@ -427,33 +440,35 @@ def _start_callees(plan, workdir: Path, procs: _Procs) -> dict[tuple, str]:
     return addr
 
 
-def _start_callers(plan, workdir, procs, proxy_port, callee_addr, rates, default_rate, call_id_format):
-    groups: dict[tuple, list[PlannedCall]] = defaultdict(list)
-    for call in plan:
-        groups[call.caller_key()].append(call)
-    callers: dict[str, list[PlannedCall]] = {}
-    for i, (key, calls) in enumerate(groups.items()):
-        stream, scenario, trunk_ip, hold = key
-        name = f"caller{i}_{stream}"
-        failures = "\n".join(_FINAL.format(code=c) for c in FAILURE_CODES)
+def _caller_specs(plan, workdir, proxy_port, callee_addr, rates, default_rate, call_id_format):
+    """(stream, name, command) of one SIPp caller per (stream, scenario, trunk, hold); the injection
+    file carries each call's numbers, callee address, ring time and its index in the plan."""
+    groups: dict[tuple, list[tuple[int, PlannedCall]]] = defaultdict(list)
+    per_stream: dict[str, int] = defaultdict(int)
+    for i, call in enumerate(plan):
+        groups[call.caller_key()].append((i, call))
+        per_stream[call.stream] += 1
+    failures = "\n".join(_FINAL.format(code=c) for c in FAILURE_CODES)
+    specs = []
+    for n, ((stream, scenario, trunk_ip, hold), calls) in enumerate(groups.items()):
+        name = f"caller{n}_{stream}"
         scen = workdir / f"{name}.xml"
         scen.write_text(_scenario(scenario, FAILURES=failures, HOLD_MS=str(hold)))
         inf = workdir / f"{name}.csv"
         with inf.open("w", newline="") as fh:
             fh.write("SEQUENTIAL\n")
-            for call in calls:
-                fh.write(f"{call.caller};{call.callee};{callee_addr[call.callee_key()]};{call.ring_ms}\n")
-        rate = rates.get(stream, default_rate)
-        procs.start(name, [
-            *_sipp_base(scen, workdir / f"{name}.log"), f"{PROXY_IP}:{proxy_port}", "-i", trunk_ip, "-p", str(free_udp_port(trunk_ip)),
-            "-inf", str(inf), "-m", str(len(calls)), "-r", f"{rate * 1000:.0f}", "-rp", "1000000",
-            "-l", "1000", "-cid_str", call_id_format,
-        ], workdir)  # fmt: skip
-        callers[name] = calls
-    return callers
+            for i, call in calls:
+                fh.write(f"{call.caller};{call.callee};{callee_addr[call.callee_key()]};{call.ring_ms};{i}\n")
+        rate = rates.get(stream, default_rate) * len(calls) / per_stream[stream]
+        specs.append((stream, name, [
+            *_sipp_base(scen, workdir / f"{name}.log"), f"{PROXY_IP}:{proxy_port}", "-i", trunk_ip,
+            "-p", str(free_udp_port(trunk_ip)), "-inf", str(inf), "-m", str(len(calls)),
+            "-r", f"{rate * 1000:.0f}", "-rp", "1000000", "-l", "5000", "-cid_str", call_id_format,
+        ]))  # fmt: skip
+    return specs
 
 
-def _wait(procs: _Procs, callers: dict, workdir: Path, timeout_s: float) -> None:
+def _wait(procs: _Procs, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     for name, proc, out in procs.procs:
         left = max(0.1, deadline - time.monotonic())
@@ -465,8 +480,3 @@ def _wait(procs: _Procs, callers: dict, workdir: Path, timeout_s: float) -> None
             err = out.with_suffix(".err")
             detail = err.read_text()[-3000:] if err.exists() else out.read_text()[-3000:]
             raise RuntimeError(f"{name} exited with {proc.returncode}:\n{detail}")
-
-
-def read_plan_csv(path: Path) -> list[dict]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))

@@ -12,29 +12,12 @@ from decimal import Decimal
 
 import pytest
 
-from tests.switches.expect import expected, read_expectations, tv, write_expectations
+from tests.switches.expect import expected, read_expectations, tv
 from tests.switches.formats import read_dbtext, read_flatstore
-from tests.switches.kamailio import FLATSTORE_COLUMNS, PlannedCall, place_calls
+from tests.switches.kamailio import FLATSTORE_COLUMNS
+from tests.switches.sample import FR_INV_MS, PLAN, place_sample
 
 
-FR_INV_MS = 2500
-TRUNK_A, TRUNK_B = "127.0.0.2", "127.0.0.3"
-PLAN = [
-    PlannedCall("+447700900101", "+441632960101", "answered", TRUNK_A, ring_ms=500, hold_ms=1200),
-    PlannedCall("07700900102", "01632960102", "answered", TRUNK_B, ring_ms=1000, hold_ms=1200),
-    PlannedCall("anonymous", "+441632960103", "answered", TRUNK_A, ring_ms=500, hold_ms=1200),
-    PlannedCall("+447700900104", "+441632960104", "answered_callee_bye", TRUNK_A, ring_ms=500, hold_ms=500),
-    PlannedCall("+4915112345105", "+441632960105", "answered_callee_bye", TRUNK_B, ring_ms=1000, hold_ms=500),
-    PlannedCall("+447700900106", "+441632960106", "cancelled", TRUNK_A, ring_ms=1000, truth="flash"),
-    PlannedCall("+447700900107", "+441632960107", "cancelled", TRUNK_A, ring_ms=1600, truth="flash"),
-    PlannedCall("+447700900108", "+441632960108", "cancelled", TRUNK_B, ring_ms=2000),
-    PlannedCall("+447700900109", "+441632960109", "rejected", TRUNK_A, ring_ms=500, code=486),
-    PlannedCall("+447700900110", "+441632960110", "rejected", TRUNK_B, ring_ms=500, code=603),
-    PlannedCall("+447700900111", "+441632960111", "rejected", TRUNK_A, ring_ms=0, code=404),
-    PlannedCall("+447700900112", "+441632960112", "rejected", TRUNK_A, ring_ms=0, code=503),
-    PlannedCall("+447700900113", "+441632960113", "no_answer", TRUNK_A),
-    PlannedCall("+447700900114", "+441632960114", "no_answer", TRUNK_B),
-]
 OUTCOME = {  # kind -> (sip code, release side)
     "answered": (200, "caller"), "answered_callee_bye": (200, "callee"), "cancelled": (487, "caller"),
     "no_answer": (408, "network"),
@@ -46,9 +29,7 @@ CLOCK_S = Decimal("0.25")  # proxy and SIPp read the same host clock a few ms ap
 def switch_run(tmp_path_factory):
     if not (shutil.which("kamailio") and shutil.which("sipp")):
         pytest.fail("kamailio/sipp missing: run `bash .ci/switches.sh install` (make test does)")
-    workdir = tmp_path_factory.mktemp("kamailio")
-    run = place_calls(PLAN, workdir, fr_inv_ms=FR_INV_MS, default_rate=20, call_id_format="vfw:%u\\%p@%s")
-    rows = write_expectations(run.calls, workdir / "expected.csv")
+    run, rows = place_sample(tmp_path_factory.mktemp("kamailio"))
     return run, {e.call_id: e for e in rows}
 
 
