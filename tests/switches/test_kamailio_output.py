@@ -1,13 +1,12 @@
 """Real Kamailio accounting output, produced on loopback with SIPp, checked against what both sides logged.
 
-One module-scoped run places every kind of call (answered and released by either side, cancelled
+One session-scoped run (conftest.py) places every kind of call (answered and released by either side, cancelled
 while ringing like a flash call, rejected 486/603/404/503, unanswered until the proxy's INVITE timer)
 from two ingress trunks, with Call-IDs holding `:` and `\\` and a reason phrase holding `:` `\\` `|`.
 """
 
 from __future__ import annotations
 
-import shutil
 from decimal import Decimal
 
 import pytest
@@ -15,22 +14,13 @@ import pytest
 from tests.switches.expect import expected, read_expectations, tv
 from tests.switches.formats import read_dbtext, read_flatstore
 from tests.switches.kamailio import FLATSTORE_COLUMNS
-from tests.switches.sample import FR_INV_MS, PLAN, place_sample
-
+from tests.switches.sample import FR_INV_MS, PLAN
 
 OUTCOME = {  # kind -> (sip code, release side)
     "answered": (200, "caller"), "answered_callee_bye": (200, "callee"), "cancelled": (487, "caller"),
     "no_answer": (408, "network"),
 }  # fmt: skip
 CLOCK_S = Decimal("0.25")  # proxy and SIPp read the same host clock a few ms apart; this is generous
-
-
-@pytest.fixture(scope="module")
-def switch_run(tmp_path_factory):
-    if not (shutil.which("kamailio") and shutil.which("sipp")):
-        pytest.fail("kamailio/sipp missing: run `bash .ci/switches.sh install` (make test does)")
-    run, rows = place_sample(tmp_path_factory.mktemp("kamailio"))
-    return run, {e.call_id: e for e in rows}
 
 
 def test_every_planned_call_happened_as_planned(switch_run):
