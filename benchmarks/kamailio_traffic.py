@@ -12,9 +12,9 @@ unanswered calls (the proxy's INVITE timer), abandoned calls, and voice OTPs fro
 ring, answered) as hard negatives. The busy trunk carries ~300-700 calls/min with the defaults.
 
 Writes, without touching anything that exists:
-- `<home>/landing/<operator>/acc_cdrs.<UTC stamp>`: Kamailio's db_text `acc_cdrs` table, copied after
-  shutdown (db_text writes on shutdown); with `--land flatstore` the db_flatstore `acc_cdrs_<rank>.log`
-  files to `<home>/landing/<operator>/`;
+- `<home>/landing/<operator>/`: the db_flatstore files `acc_cdrs_<rank>.log.<UTC stamp>` (operator
+  `kamailio_flatstore`, the default), or with `--land dbtext` Kamailio's db_text `acc_cdrs` table as
+  `acc_cdrs.<UTC stamp>`, copied after shutdown (db_text writes on shutdown; operator `kamailio_dbtext`);
 - `<home>/ground_truth/<operator>/<UTC day>.csv`: the simulator's layout (operator, call_id, truth,
   scenario, campaign), merged with rows already there;
 - `<out>/expected.csv`: per call what the proxy and SIPp logged (the mapping's expected values).
@@ -174,12 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fr-inv-ms", type=int, default=30_000, help="proxy's ring timeout (unanswered -> 408)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--home", default=os.environ.get("VOICEFW_HOME"), help="VOICEFW_HOME to land into")
-    p.add_argument("--operator", default="kamailio_dbtext", help="landing/<operator>/ and ground_truth/<operator>/")
-    p.add_argument("--land", choices=("dbtext", "flatstore"), default="dbtext")
+    p.add_argument("--land", choices=("dbtext", "flatstore"), default="flatstore",
+                   help="which storage module's acc_cdrs to land (both hold the same calls)")
+    p.add_argument("--operator", default=None,
+                   help="landing/<operator>/ and ground_truth/<operator>/ (default kamailio_<land>, a shipped config)")
     p.add_argument("--out", default=None, help="working dir (default: a new dir under /tmp)")
     args = p.parse_args(argv)
     if not args.home:
         p.error("--home or $VOICEFW_HOME is required")
+    args.operator = args.operator or f"kamailio_{args.land}"
     rng = random.Random(args.seed)
     plan, rates, starts = build_plan(args, rng)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
