@@ -20,7 +20,7 @@ _CLEANED = re.compile(r"\+?[0-9]+")
 
 
 class InvalidNumber(ValueError):
-    """The text is neither withheld nor a number E.164 can express."""
+    """The text is not a phone number spelling at all (letters, stray symbols): a bad request."""
 
 
 def _cleaned(text: str) -> str | None:
@@ -52,15 +52,16 @@ def _digits(c: str, plan: NumberPlan) -> str:
 
 
 def normalize_number(raw: str | None, plan: NumberPlan) -> str | None:
-    """E.164 with '+', or None when the caller ID is withheld or absent; InvalidNumber when the
-    text is not a number with a valid length for its country (the batch maps it to NULL + flag)."""
+    """E.164 with '+', or None: withheld, absent, or digits that are no valid number for their
+    country (the batch maps those to NULL with a quality flag, so the call is scored without that
+    number's history either way). InvalidNumber when the text is not a number spelling at all."""
     if raw is None:
         return None
     text = raw.strip(" ")  # like SQL trim(): spaces only
     if not text or text.lower() in plan.withheld:
         return None
     c = _cleaned(text)
-    digits = _digits(c, plan) if c is not None else ""
-    if c is None or not country_code_length(digits):
-        raise InvalidNumber(f"{raw!r} is not a valid number for this operator's plan")
-    return "+" + digits
+    if c is None:
+        raise InvalidNumber(f"{raw!r} is not a phone number")
+    digits = _digits(c, plan)
+    return "+" + digits if country_code_length(digits) else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import time
 import shutil
 from datetime import date
 from pathlib import Path
@@ -183,13 +184,26 @@ def test_a_file_being_written_waits(home):
     land = home / "landing" / "operator_c"
     land.mkdir(parents=True)
     (land / "fresh.csv").write_text(C_HEADER + "\n" + c_row(1) + "\n")
-    zone = LandingZone(settle_s=3600)
-    survey = survey_landing(zone, operator_configs())
+    survey = survey_landing(LandingZone(settle_s=3600), operator_configs())
     assert [d.action for d in survey.decisions] == ["wait"]
+    # a run waits (at most one settle time) for a young file, then reads it once it stopped changing
+    zone = LandingZone(settle_s=1.5)
     con = duckdb.connect(str(home / "w.duckdb"))
     report = sync_landing(con, operator_configs()["operator_c"], zone)
-    assert list(report.waiting) == [str(land / "fresh.csv")] and not report.loaded
-    old = (land / "fresh.csv").stat().st_mtime - 7200
-    os.utime(land / "fresh.csv", (old, old))
-    report = sync_landing(con, operator_configs()["operator_c"], zone)
     assert report.loaded == {str(land / "fresh.csv"): 1} and report.dates_touched == {date(2026, 11, 1)}
+    # a file that keeps changing while the run waits is left for a later run
+    path = land / "growing.csv"
+    path.write_text(C_HEADER + "\n")
+    import threading
+
+    def append() -> None:
+        for i in range(6):
+            time.sleep(0.5)
+            with path.open("a") as fh:
+                fh.write(c_row(100 + i) + "\n")
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    report = sync_landing(con, operator_configs()["operator_c"], zone)
+    writer.join()
+    assert list(report.waiting) == [str(path)] and not report.loaded

@@ -526,7 +526,7 @@ def sync_landing(con: duckdb.DuckDBPyConnection, config: OperatorConfig, landing
     say = (lambda m: log.warning(m)) if log is not None and hasattr(log, "warning") else log
     report = SyncReport()
     known = manifest(con, config.name)
-    listed = sorted(landing.list_files(config.name), key=lambda f: (f.arrived_ns, str(f.path)))
+    listed = _settled_listing(landing, config.name, say)
     to_read: list[LandedFile] = []
     for f in listed:
         d = decide_listed(f, config, known)
@@ -572,6 +572,24 @@ def sync_landing(con: duckdb.DuckDBPyConnection, config: OperatorConfig, landing
     if report.loaded or report.quarantined or report.dates_touched:
         con.execute(f"CREATE OR REPLACE VIEW raw.{q(config.name)} AS SELECT * FROM ingest_rows WHERE operator = {lit(config.name)}")
     return report
+
+
+def _settled_listing(landing: LandingZone, operator: str, say=None) -> list[LandedFile]:
+    """The operator's files, oldest arrival first. A run started for a file modified less than the
+    settle time ago (a sensor tick can be that quick) waits until it is old enough, at most one
+    settle time, instead of skipping it: a file that stops changing would otherwise not be read
+    until something else touches its partition. Files still changing after that stay "wait"."""
+    listed = landing.list_files(operator)
+    young = [f for f in listed if f.kind == "file" and not f.stable]
+    if young:
+        settle_ns = int(landing.settle_seconds * 1e9)
+        wait_s = max(0.0, (max(f.mtime_ns for f in young) + settle_ns - time.time_ns()) / 1e9)
+        wait_s = min(wait_s, landing.settle_seconds) + 0.05
+        if say:
+            say(f"waiting {wait_s:.0f} s for {len(young)} file(s) modified less than {landing.settle_seconds:.0f} s ago")
+        time.sleep(wait_s)
+        listed = landing.list_files(operator)
+    return sorted(listed, key=lambda f: (f.arrived_ns, str(f.path)))
 
 
 def _same_bytes(f: LandedFile, sha: str) -> bool:
