@@ -39,7 +39,8 @@ def _files(home: Path):
 
     os.environ["VOICEFW_HOME"] = str(home)
     zone = LandingZone(settle_s=0)
-    return {op: [f.path for f in zone.list_files(op, c.file_patterns) if f.size > 0] for op, c in operator_configs().items()}
+    files = {op: [f.path for f in zone.list_files(op, c.file_patterns) if f.size > 0] for op, c in operator_configs().items()}
+    return {op: fs for op, fs in files.items() if fs}  # operators with drops in this landing zone
 
 
 def _readable(con, op: str, files: list[Path], header: bool) -> list[Path]:
@@ -64,6 +65,8 @@ def phase_scan(home: Path) -> dict:
     readable = {op: _readable(con, op, fs, operator_configs()[op].csv.header) for op, fs in files.items()}
     rows, t0 = 0, time.perf_counter()
     for op, fs in readable.items():
+        if not fs:
+            continue
         header = operator_configs()[op].csv.header
         rows += con.execute(f"SELECT count(*) FROM read_csv(?, header = {header}, ignore_errors = true, union_by_name = true)",
                             [[str(f) for f in fs]]).fetchall()[0][0]
@@ -83,6 +86,8 @@ def phase_typed_load(home: Path) -> dict:
     con = duckdb.connect(str(target))
     rows, t0 = 0, time.perf_counter()
     for op, fs in readable.items():
+        if not fs:
+            continue
         header = operator_configs()[op].csv.header
         con.execute(f"CREATE TABLE {op} AS SELECT * FROM read_csv(?, header = {header}, ignore_errors = true, union_by_name = true)",
                     [[str(f) for f in fs]])
