@@ -221,7 +221,8 @@ def run_phase(name: str, home: Path) -> dict:
                           capture_output=True, text=True, env={**os.environ, "VOICEFW_HOME": str(home), "VOICEFW_SETTLE_S": "0"})
     if proc.returncode:
         raise SystemExit(f"phase {name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    line = next(x for x in reversed(proc.stdout.replace("\r", "\n").splitlines()) if x.startswith("{"))  # DuckDB's progress bar
+    return json.loads(line)
 
 
 def main() -> None:
