@@ -217,12 +217,11 @@ def run_phase(name: str, home: Path) -> dict:
                            f"from benchmarks.ingest import PHASES; from pathlib import Path; "
                            f"import resource; r = PHASES[{name!r}](Path({str(home)!r})); "
                            f"r['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); "
-                           f"print(json.dumps(r, default=str))"],
+                           f"print('\\nRESULT ' + json.dumps(r, default=str))"],
                           capture_output=True, text=True, env={**os.environ, "VOICEFW_HOME": str(home), "VOICEFW_SETTLE_S": "0"})
     if proc.returncode:
         raise SystemExit(f"phase {name} failed:\n{proc.stderr[-3000:]}")
-    line = next(x for x in reversed(proc.stdout.replace("\r", "\n").splitlines()) if x.startswith("{"))  # DuckDB's progress bar
-    return json.loads(line)
+    return json.loads(proc.stdout.rsplit("RESULT ", 1)[1])  # after DuckDB's progress bar, if it drew one
 
 
 def main() -> None:
