@@ -27,9 +27,10 @@ run: setup
 	$(BIN)/voicefw materialize || echo "*** some runs failed or a check did not pass: the UI below shows which ***"
 	$(BIN)/voicefw up
 
-## test: set up and run the test suite (installs and starts a throwaway PostgreSQL for the Postgres tests)
+## test: set up and run the test suite (installs PostgreSQL and Redis if missing; tests start throwaway servers)
 test: setup
 	bash .ci/postgres.sh install
+	bash .ci/redis.sh install
 	$(BIN)/python -m pytest
 
 simulate: setup
