@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -53,6 +54,7 @@ def _operation(request: str | None, ok: str, statuses: tuple[int, ...], secured:
     def ref(name: str) -> dict:
         return {"application/json": OpenAPIMediaType(schema=Reference(f"#/components/schemas/{name}"))}
 
+    @dataclass
     class Described(Operation):
         def __post_init__(self) -> None:
             if request is not None:
@@ -182,9 +184,7 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True, se
         service.registry.stop()
         service.store.close()
 
-    components = Components(schemas=openapi_schemas(sorted(service.plans)))  # type: ignore[arg-type]
-    if secured:
-        components.security_schemes = {"bearer": SecurityScheme(type="http", scheme="bearer")}
+    components = Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")} if secured else None)
     app = Litestar(
         route_handlers=[score_one, score_batch, call_end, model_info, healthz, readyz, metrics],
         exception_handlers={Exception: litestar_exception_handler},
@@ -193,6 +193,8 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True, se
         on_shutdown=[stop_serving],
         debug=False,
     )
+    # Litestar generates the component schemas of what it decodes; the bodies here are msgspec's
+    app.openapi_schema.components.schemas.update(openapi_schemas(sorted(service.plans)))  # type: ignore[union-attr,arg-type]
     service.metrics.worker_pid = os.getpid()
     wrapped = MetricsMiddleware(FastPath(app, hot), service.metrics)
     wrapped.litestar = app  # type: ignore[attr-defined]
