@@ -14,25 +14,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import datetime
-
 import msgspec
 
 from serving.errors import Refused, from_decode_error, invalid
 from serving.history_store import WINDOW_S, RateToken
-from serving.schemas import YEARS, FieldError, decoder_for
+from serving.schemas import TIME_PATTERN, TIME_RULE, FieldError, RequestTypes
 from serving.settings import ServingSettings
 
 
 class Admission:
-    def __init__(self, settings: ServingSettings) -> None:
+    def __init__(self, settings: ServingSettings, requests: RequestTypes, readable: dict[str, str]) -> None:
         self.max_body = settings.max_body_bytes
         self.max_batch = settings.max_batch
         self.keys = tuple(k.encode() for k in sorted(settings.api_keys))
         # a key is counted under a digest of itself: the raw key never reaches the store
         self._key_ids = [hashlib.sha256(k).hexdigest()[:16] for k in self.keys]
         self.rate = (settings.rate_limit[1], WINDOW_S[settings.rate_limit[0]]) if settings.rate_limit else None
-        self.decoders = {path: decoder_for(path) for path in ("/v1/score", "/v1/score/batch", "/v1/calls/end")}
+        self.decoders = requests.decoders
+        self.readable = {TIME_PATTERN: TIME_RULE, **readable}  # regex -> what to tell the caller
 
     def client(self, authorization: bytes | str, peer: str | None) -> str:
         """Who the request counts as: 'key:<digest>' with keys configured (401 without a valid one),
@@ -85,15 +84,8 @@ class Admission:
         try:
             data = self.decoders[path].decode(body)
         except msgspec.DecodeError as exc:
-            raise from_decode_error(exc) from None
+            raise from_decode_error(exc, self.readable) from None
         calls = getattr(data, "calls", None)
         if calls is not None and len(calls) > self.max_batch:
             raise invalid("calls", f"at most {self.max_batch} calls per batch (VOICEFW_MAX_BATCH), got {len(calls)}")
         return data
-
-
-def check_time(value: datetime, field: str) -> None:
-    """Times are bounded by the year as written (msgspec decodes years 1-9999; converting those to
-    UTC overflows, and they are never a call's time)."""
-    if not YEARS[0] <= value.year <= YEARS[1]:
-        raise invalid(field, f"the year must be {YEARS[0]}-{YEARS[1]}, got {value.year}")

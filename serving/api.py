@@ -35,7 +35,7 @@ from serving.fastpath import FastPath
 from serving.history_store import RateLimited, StoreUnavailable
 from serving.metrics import MetricsMiddleware
 from serving.registry import Refusal
-from serving.schemas import Health, ModelInfo, RefusalInfo, openapi_schemas
+from serving.schemas import Health, ModelInfo, RefusalInfo
 from serving.service import ScoringService
 from serving.settings import ServingSettings
 
@@ -93,7 +93,8 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True, se
     are counted too). `poll=False` leaves model loading to the caller (`app.service.registry.load(path)`)."""
     settings = settings or ServingSettings.from_env()
     service = service or ScoringService(settings)
-    admission = Admission(settings)
+    admission = Admission(settings, service.requests, service.readable)
+    request_names, schemas = service.requests.openapi_schemas()
     hot = HotRoutes(service, admission)
     secured = bool(settings.api_keys)
     hot_statuses = (400, 401, 413, 422, 429, 503)
@@ -119,19 +120,19 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True, se
         return Response(body, status_code=status, media_type="application/json", headers=extra)
 
     @post("/v1/score", status_code=200, summary="Score one call at setup time",
-          operation_class=_operation("CallSetup", "ScoreResult", hot_statuses, secured))
+          operation_class=_operation(request_names["/v1/score"], "ScoreResult", hot_statuses, secured))
     async def score_one(request: Request, include_features: FromQuery[bool] = False,
                         explain: FromQuery[bool] = False) -> Response:
         return await hot_route(request, "/v1/score", include_features, explain)
 
     @post("/v1/score/batch", status_code=200, summary="Score up to VOICEFW_MAX_BATCH calls with one model, all or none",
-          operation_class=_operation("BatchRequest", "BatchResult", hot_statuses, secured))
+          operation_class=_operation(request_names["/v1/score/batch"], "BatchResult", hot_statuses, secured))
     async def score_batch(request: Request, include_features: FromQuery[bool] = False,
                           explain: FromQuery[bool] = False) -> Response:
         return await hot_route(request, "/v1/score/batch", include_features, explain)
 
     @post("/v1/calls/end", status_code=200, summary="Report a call's end (feeds the history's outcome shares)",
-          operation_class=_operation("CallEnd", "EndAck", hot_statuses, secured))
+          operation_class=_operation(request_names["/v1/calls/end"], "EndAck", hot_statuses, secured))
     async def call_end(request: Request) -> Response:
         return await hot_route(request, "/v1/calls/end", False, False)
 
@@ -194,7 +195,7 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True, se
         debug=False,
     )
     # Litestar generates the component schemas of what it decodes; the bodies here are msgspec's
-    app.openapi_schema.components.schemas.update(openapi_schemas(sorted(service.plans)))  # type: ignore[union-attr,arg-type]
+    app.openapi_schema.components.schemas.update(schemas)  # type: ignore[union-attr,arg-type]
     service.metrics.worker_pid = os.getpid()
     wrapped = MetricsMiddleware(FastPath(app, hot), service.metrics)
     wrapped.litestar = app  # type: ignore[attr-defined]

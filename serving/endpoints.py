@@ -12,7 +12,7 @@ import msgspec
 from serving.admission import Admission
 from serving.errors import Refused
 from serving.history_store import RateLimited, StoreUnavailable
-from serving.schemas import BatchRequest, BatchResult, CallEnd
+from serving.schemas import BatchResult
 from serving.service import ScoringService
 
 JSON = (b"content-type", b"application/json")
@@ -41,18 +41,18 @@ class HotRoutes:
             body = await admission.read_body(receive, length)  # 413
             rate = admission.token(client)
             try:
-                data = admission.decode(path, body)  # 400 / 422 (strict types, batch size)
-                if isinstance(data, CallEnd):
-                    work = service.canonical_end(data)  # 422: operator, times
+                data = admission.decode(path, body)  # 400 / 422: types, operator, number syntax, times, batch size
+                ending, batch = path == "/v1/calls/end", path == "/v1/score/batch"
+                if ending:
+                    work = service.canonical_end(data)
                 else:
-                    batch = isinstance(data, BatchRequest)
-                    work = service.canonical_all(data.calls if batch else [data], batch)  # 422: operator, numbers, times
+                    work = service.canonical_all(data.calls if batch else [data], batch)  # 422: numbers
             except Refused:
                 if rate is not None:
                     self._count(rate)  # invalid requests count against the limit too (429 wins)
                 raise
             model = service.model_or_503()
-            if isinstance(data, CallEnd):
+            if ending:
                 answer = _encode(service.end(work, rate))
             else:
                 results = service.score(model, work, rate, include_features, explain)

@@ -38,9 +38,12 @@ def invalid(field: str, message: str) -> Refused:
     return Refused(422, f"{field}: {message}", [FieldError(field, message)])
 
 
-def from_decode_error(exc: msgspec.DecodeError) -> Refused:
-    """msgspec's message -> 422 naming the field path, or 400 'body' when the JSON is unreadable."""
+def from_decode_error(exc: msgspec.DecodeError, readable: dict[str, str] | None = None) -> Refused:
+    """msgspec's message -> 422 naming the field path, or 400 'body' when the JSON is unreadable.
+    `readable` replaces a regex in the message by what it means (times, numbering plans)."""
     message = str(exc)
+    for pattern, meaning in (readable or {}).items():
+        message = message.replace(f"`str` matching regex {pattern!r}", meaning)
     if not isinstance(exc, msgspec.ValidationError):
         return Refused(400, f"body: not valid JSON ({message})", [FieldError("body", f"not valid JSON ({message})")])
     at = _AT.search(message)

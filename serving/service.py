@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC
+from datetime import UTC, datetime
 
 import numpy as np
 
-from serving.admission import check_time
 from serving.errors import Refused, invalid
 from serving.history_store import HistoryStore, RateToken, StoreUnavailable, open_store
 from serving.metrics import ServiceMetrics
 from serving.numbers import InvalidNumber, normalize_number
 from serving.registry import LoadedModel, ModelRegistry, Refusal
-from serving.schemas import CallEnd, CallSetup, EndAck, Reason, ScoreResult
+from serving.number_patterns import number_pattern
+from serving.schemas import EndAck, Reason, RequestTypes, ScoreResult
 from serving.settings import ServingSettings
 from voicefw_assets.operators import NumberPlan, operator_configs
 
 log = logging.getLogger("voicefw.serving")
+
+
+def _utc(text: str) -> datetime:
+    """A time that matched schemas.TIME_PATTERN, in UTC (exact: microseconds at most)."""
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 class ScoringService:
@@ -38,7 +43,15 @@ class ScoringService:
         self.registry.on_swap = self._on_swap
         self.registry.on_refuse = self._on_refuse
         self.metrics.registry = self.registry
-        self.plans: dict[str, NumberPlan] = {name: cfg.numbers for name, cfg in operator_configs().items()}
+        configs = operator_configs()
+        self.plans: dict[str, NumberPlan] = {name: cfg.numbers for name, cfg in configs.items()}
+        a_patterns = {op: number_pattern(plan, withheld=True) for op, plan in self.plans.items()}
+        b_patterns = {op: number_pattern(plan, withheld=False) for op, plan in self.plans.items()}
+        self.requests = RequestTypes({op: cfg.description for op, cfg in configs.items()}, a_patterns, b_patterns)
+        # what a refused number is told: the forms its operator's plan accepts
+        self.readable = {pat: f"a number as {op} writes it (digits with optional single ' ', '.', '-' or '/' "
+                              f"between them: +<E.164>, <international prefix><E.164>, or a national number)"
+                         for patterns in (a_patterns, b_patterns) for op, pat in patterns.items()}
         self._numbers: dict[tuple[str, str | None], str | None] = {}  # (operator, raw) -> E.164, bounded
         self._reseeding = threading.Lock()
 
@@ -88,10 +101,9 @@ class ScoringService:
             raise invalid(f"{where}operator", f"unknown operator {operator!r}; known: {sorted(self.plans)}")
         return plan
 
-    def canonical(self, call: CallSetup, where: str = "") -> tuple:
+    def canonical(self, call, where: str = "") -> tuple:
         """(operator, call_id, UTC start, E.164 A or None, E.164 B, trunk) as the batch features see it."""
         plan = self._plan(call.operator, where)
-        check_time(call.start_time, f"{where}start_time")
         try:
             a_number = self._normalize(call.operator, call.a_number, plan)
         except InvalidNumber as exc:
@@ -105,24 +117,21 @@ class ScoringService:
         trunk = call.ingress_trunk
         if trunk is not None:
             trunk = trunk.strip(" ") or None  # as the mapping: trimmed, '' is NULL
-        return (call.operator, call.call_id, call.start_time.astimezone(UTC), a_number, b_number, trunk)
+        return (call.operator, call.call_id, _utc(call.start_time), a_number, b_number, trunk)
 
-    def canonical_all(self, calls: list[CallSetup], batch: bool) -> list[tuple]:
+    def canonical_all(self, calls: list, batch: bool) -> list[tuple]:
         """Every call validated and canonical, before the history records any of them."""
         if batch:
             return [self.canonical(c, f"calls[{i}].") for i, c in enumerate(calls)]
         return [self.canonical(calls[0])]
 
-    def canonical_end(self, end: CallEnd) -> tuple:
-        self._plan(end.operator, "")
-        for name in ("end_time", "start_time", "answer_time"):
-            value = getattr(end, name)
-            if value is not None:
-                check_time(value, name)
+    def canonical_end(self, end) -> tuple:
+        end_time = _utc(end.end_time)
         ring_s = end.ring_s
         if ring_s is None and end.start_time is not None:  # as mapping.py: coalesce(answer, end) - start
-            ring_s = ((end.answer_time or end.end_time) - end.start_time).total_seconds()
-        return (end.operator, end.call_id, end.end_time.astimezone(UTC), end.answered, ring_s)
+            answered_or_end = _utc(end.answer_time) if end.answer_time else end_time
+            ring_s = (answered_or_end - _utc(end.start_time)).total_seconds()
+        return (end.operator, end.call_id, end_time, end.answered, ring_s)
 
     # ---- requests
     def model_or_503(self) -> LoadedModel:
