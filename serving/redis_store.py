@@ -5,9 +5,12 @@ empty store), per key of `features.KEYS` and key value `kv` ("<key index>\\0<kv>
   base s   sorted set of the value's call starts, score = start µs, member = call uid (+ "|a|b"
            when a distinct count of that key needs the numbers)
   base da / db   per counted number, its latest start (distinct counts)
+  base xa / xb   per counted number, its starts (one score; members "number NUL time NUL uid", so a
+                 number's latest start before t is one ZREVRANGEBYLEX)
   base e / u     ends / short-unanswered ends, score = end µs, member = call uid
   open / openz   calls started and not yet ended (what their end must update), by start time
-  live     bases by "newest event + the key's horizon": sweeps key values nobody uses any more
+  due      bases by "oldest entry + the key's horizon (+ TRIM_EVERY_S)": when the newest event time
+           passes it, the base is trimmed (emptied sets vanish); a bounded number per request
   wm       the newest event time seen (µs); seeded: the bundle that seeded the store
 Integer microseconds are exact in Redis's doubles up to year 2255 (times are limited to 1970-2099).
 
@@ -15,11 +18,13 @@ Everything happens in ONE Lua script per request (EVALSHA; Redis runs it atomica
 token, then per call in order its features from strictly earlier starts ([t - w, t): ZCOUNT with an
 exclusive upper bound), ends strictly before t, then its own start. The script is generated from
 `features.HISTORY_FEATURES`, so windows and stats are never written here by hand. Each key value is
-trimmed by ITS key's largest window (+60 s for late events, as OnlineHistory), on every write.
+trimmed to ITS key's largest window (+60 s for late events, as OnlineHistory) behind the newest
+event time, in batches (`due`), so a busy 1 h trunk never keeps 24 h.
 
-Distinct counts: while every recorded start of the key value is earlier than t (calls arriving in
-time order), the number of distinct values with latest start >= t - w is exact and O(log n)
-(`da`/`db`); otherwise (ties at t, late calls) the window's starts are scanned.
+Distinct counts in [t - w, t): the numbers whose latest start is in the window (one ZCOUNT on
+`da`/`db`), plus, for the few numbers with a start at or after t (ties, calls arriving late), one
+lookup each of their latest start before t (`xa`/`xb`). Exact in any arrival order, O(log n) per
+window when calls arrive about in time order.
 
 A call's uid hashes (operator, call_id, start), so a retried request (after a timeout, say)
 re-writes the same members: nothing is counted twice.
@@ -58,6 +63,7 @@ _US = 1_000_000
 LATE_S = 60  # kept beyond a key's largest window for late events (as OnlineHistory)
 SEED_CHUNK = 500  # calls per script call while seeding
 LOCK_MS = 30_000  # the seeding lock expires if its holder dies
+TRIM_EVERY_S = 60  # a key value's expired entries are removed in batches of up to this much event time
 DOWN_FOR_S = 1.0  # after a failure, answer 503 at once for this long before trying Redis again
 
 
@@ -122,12 +128,19 @@ local PLAN = %(plan)s
 local NK = %(nk)d
 local DEFAULT = %(default)s
 local OPEN_HORIZON = %(open_horizon)d
+local SWEEP_EVERY = 1000000
+local TRIM_EVERY = %(trim_every)d  -- a key value is trimmed at most this often (event time): in batches
 local P = KEYS[1]
 local mode, need_seeded = ARGV[1], ARGV[2]
 
+local Z = string.char(0)
+local LEX_OFFSET = 1e12  -- keeps times of the per-value index positive (the earliest accepted is 1969-12-31T10:00Z)
 local function fmt(x) return string.format('%%.0f', x) end
+-- per-value time index (members of one score, ordered by bytes): value NUL 17-digit time
+local function lexkey(v, t) return v .. Z .. string.format('%%017.0f', t + LEX_OFFSET) end
 
-if need_seeded == '1' and redis.call('EXISTS', P .. 'seeded') == 0 then return {'unseeded'} end
+local meta = redis.call('MGET', P .. 'seeded', P .. 'wm')
+if need_seeded == '1' and not meta[1] then return {'unseeded'} end
 if ARGV[3] ~= '' then  -- rate limit: fixed windows on Redis's clock, shared by every worker
   local now = redis.call('TIME')
   local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -141,7 +154,7 @@ if ARGV[3] ~= '' then  -- rate limit: fixed windows on Redis's clock, shared by 
 end
 if mode == 'take' then return {'ok'} end
 
-local wm0 = tonumber(redis.call('GET', P .. 'wm') or '-1e18')
+local wm0 = tonumber(meta[2] or '-1e18')
 local wm = wm0
 
 local function features(L, base, t, row)
@@ -153,21 +166,30 @@ local function features(L, base, t, row)
     if r[2] then row[L.since[2]] = t - tonumber(r[2]) end
   end
   if #L.distinct > 0 then
-    local top = redis.call('ZRANGE', sk, -1, -1, 'WITHSCORES')
-    if not top[2] or tonumber(top[2]) < t then
-      for _, d in ipairs(L.distinct) do row[d[3]] = redis.call('ZCOUNT', base .. 'd' .. d[1], fmt(t - d[2]), hi) end
-    else  -- a start at or after t is recorded (tie or late call): count the window's starts
-      local m = redis.call('ZRANGEBYSCORE', sk, fmt(t - L.dmax), hi, 'WITHSCORES')
-      for _, d in ipairs(L.distinct) do
-        local seen, n, lo = {}, 0, t - d[2]
-        for j = 1, #m, 2 do
-          if tonumber(m[j + 1]) >= lo then
-            local _, a, b = string.match(m[j], '^([^|]*)|([^|]*)|(.*)$')
-            local v = (d[1] == 'a') and a or b
-            if v ~= '' and not seen[v] then seen[v] = true; n = n + 1 end
+    -- values whose latest start is in [t - w, t) (exact for every value with no start at or after t)
+    for _, d in ipairs(L.distinct) do row[d[3]] = redis.call('ZCOUNT', base .. 'd' .. d[1], fmt(t - d[2]), hi) end
+    -- values with a start at or after t (ties, calls arriving late): their latest start before t
+    local late = redis.call('ZRANGEBYSCORE', sk, fmt(t), '+inf')
+    if #late > 0 then
+      local prev = {}
+      for _, m in ipairs(late) do
+        local _, a, b = string.match(m, '^([^|]*)|([^|]*)|(.*)$')
+        for _, col in ipairs(L.dcols) do
+          local v = (col == 'a') and a or b
+          local key = col .. Z .. v
+          if v ~= '' and prev[key] == nil then
+            local r = redis.call('ZREVRANGEBYLEX', base .. 'x' .. col, '(' .. lexkey(v, t), '[' .. v .. Z, 'LIMIT', 0, 1)
+            prev[key] = r[1] and (tonumber(string.sub(r[1], #v + 2, #v + 18)) - LEX_OFFSET) or false
           end
         end
-        row[d[3]] = n
+      end
+      for key, before in pairs(prev) do
+        if before then
+          local col = string.sub(key, 1, 1)
+          for _, d in ipairs(L.distinct) do
+            if d[1] == col and before >= t - d[2] then row[d[3]] = row[d[3]] + 1 end
+          end
+        end
       end
     end
   end
@@ -179,28 +201,54 @@ local function features(L, base, t, row)
 end
 
 local function record_start(L, base, t, uid, a, b)
-  local sk = base .. 's'
   local ts = fmt(t)
-  local cut = '(' .. fmt(t - L.horizon)
-  if #L.distinct > 0 then redis.call('ZADD', sk, ts, uid .. '|' .. a .. '|' .. b) else redis.call('ZADD', sk, ts, uid) end
-  redis.call('ZREMRANGEBYSCORE', sk, '-inf', cut)
-  for _, col in ipairs(L.dcols) do
-    local v = (col == 'a') and a or b
-    local dk = base .. 'd' .. col
-    if v ~= '' then redis.call('ZADD', dk, 'GT', ts, v) end
-    redis.call('ZREMRANGEBYSCORE', dk, '-inf', cut)
+  if #L.distinct > 0 then
+    redis.call('ZADD', base .. 's', ts, uid .. '|' .. a .. '|' .. b)
+    for _, col in ipairs(L.dcols) do
+      local v = (col == 'a') and a or b
+      if v ~= '' then
+        redis.call('ZADD', base .. 'd' .. col, 'GT', ts, v)
+        redis.call('ZADD', base .. 'x' .. col, 0, lexkey(v, t) .. Z .. uid)
+      end
+    end
+  else
+    redis.call('ZADD', base .. 's', ts, uid)
   end
-  redis.call('ZADD', P .. 'live', 'GT', fmt(t + L.horizon), base)
+  redis.call('ZADD', P .. 'due', 'NX', fmt(t + L.horizon + TRIM_EVERY), base)
 end
 
 local function record_end(L, base, te, uid, su)
   local ts = fmt(te)
-  local cut = '(' .. fmt(te - L.horizon)
   redis.call('ZADD', base .. 'e', ts, uid)
-  redis.call('ZREMRANGEBYSCORE', base .. 'e', '-inf', cut)
   if su == '1' then redis.call('ZADD', base .. 'u', ts, uid) end
+  redis.call('ZADD', P .. 'due', 'NX', fmt(te + L.horizon + TRIM_EVERY), base)
+end
+
+-- Trim one key value to ITS key's horizon behind the watermark; returns when to trim it next.
+local function trim(L, base, wm)
+  local cut = '(' .. fmt(wm - L.horizon)
+  local sk = base .. 's'
+  if #L.distinct > 0 then
+    local old = redis.call('ZRANGEBYSCORE', sk, '-inf', cut, 'WITHSCORES')
+    for j = 1, #old, 2 do  -- trimmed starts leave the per-number time indexes too
+      local u, oa, ob = string.match(old[j], '^([^|]*)|([^|]*)|(.*)$')
+      local ot = tonumber(old[j + 1])
+      for _, col in ipairs(L.dcols) do
+        local v = (col == 'a') and oa or ob
+        if v ~= '' then redis.call('ZREM', base .. 'x' .. col, lexkey(v, ot) .. Z .. u) end
+      end
+    end
+    for _, col in ipairs(L.dcols) do redis.call('ZREMRANGEBYSCORE', base .. 'd' .. col, '-inf', cut) end
+  end
+  redis.call('ZREMRANGEBYSCORE', sk, '-inf', cut)
+  redis.call('ZREMRANGEBYSCORE', base .. 'e', '-inf', cut)
   redis.call('ZREMRANGEBYSCORE', base .. 'u', '-inf', cut)
-  redis.call('ZADD', P .. 'live', 'GT', fmt(te + L.horizon), base)
+  local oldest = nil
+  for _, k in ipairs({sk, base .. 'e'}) do
+    local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+    if first[2] and (oldest == nil or tonumber(first[2]) < oldest) then oldest = tonumber(first[2]) end
+  end
+  return oldest  -- nil: nothing left (Redis drops empty sorted sets by itself)
 end
 
 local out = {}
@@ -251,16 +299,24 @@ end
 
 if wm > wm0 then
   redis.call('SET', P .. 'wm', fmt(wm))
+end
+if math.floor(wm / SWEEP_EVERY) > math.floor(wm0 / SWEEP_EVERY) then  -- at most once per second of event time
   -- forget calls that never ended, and key values whose newest event left their horizon
   local old = redis.call('ZRANGEBYSCORE', P .. 'openz', '-inf', '(' .. fmt(wm - OPEN_HORIZON), 'LIMIT', 0, 200)
   for _, ident in ipairs(old) do
     redis.call('HDEL', P .. 'open', ident)
     redis.call('ZREM', P .. 'openz', ident)
   end
-  local dead = redis.call('ZRANGEBYSCORE', P .. 'live', '-inf', '(' .. fmt(wm), 'LIMIT', 0, 200)
-  for _, base in ipairs(dead) do
-    redis.call('DEL', base .. 's', base .. 'da', base .. 'db', base .. 'e', base .. 'u')
-    redis.call('ZREM', P .. 'live', base)
+  -- key values whose oldest entry left their horizon: trim them (a bounded number per call)
+  local due = redis.call('ZRANGEBYSCORE', P .. 'due', '-inf', '(' .. fmt(wm), 'LIMIT', 0, 50)
+  for _, base in ipairs(due) do
+    local L = PLAN[tonumber(string.match(string.sub(base, #P + 1), '^(%%d+)')) + 1]
+    local oldest = trim(L, base, wm)
+    if oldest then
+      redis.call('ZADD', P .. 'due', fmt(oldest + L.horizon + TRIM_EVERY), base)
+    else
+      redis.call('ZREM', P .. 'due', base)
+    end
   end
 end
 return {'ok', out}
@@ -269,6 +325,7 @@ return {'ok', out}
     "nk": len(KEYS),
     "default": _lua_value(_DEFAULT_ROW),
     "open_horizon": OPEN_HORIZON,
+    "trim_every": TRIM_EVERY_S * _US,
 }
 
 LAYOUT_ID = hashlib.sha256(LUA.encode()).hexdigest()[:10]

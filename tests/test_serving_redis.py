@@ -21,7 +21,7 @@ from dagster import DagsterInstance
 from serving.registry import wait_for
 from serving.synthetic import DAY2, batch_features, build_bundle, record_serving_model, replay_events, synthetic_calls
 from serving.testing import ServerProcess
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
+from tests.redis_server import redis_server  # noqa: F401  (fixture)
 from voicefw_assets.features import FEATURE_NAMES
 from voicefw_assets.model_bundle import load_bundle, score_matrix
 
