@@ -61,6 +61,9 @@ class HistoryStore(Protocol):
 
     def ready(self) -> bool: ...
 
+    def reseed(self) -> None:
+        """Seed again from the bundle `prepare` was given (the shared store lost its data)."""
+
     def score_starts(self, calls: list[Start], rate: RateToken | None) -> list[list]:
         """Feature rows (FEATURE_NAMES order) in the given order, each from strictly earlier calls
         (earlier ones of this list included), recording every call. RateLimited: nothing recorded."""
@@ -123,6 +126,9 @@ class MemoryHistoryStore:
 
     def ready(self) -> bool:
         return self.history is not None
+
+    def reseed(self) -> None:
+        """Nothing to do: the in-process history cannot lose its data while the process lives."""
 
     def freeze(self) -> None:
         """Keep the garbage collector's full passes off the request path.
