@@ -64,7 +64,9 @@ LATE_S = 60  # kept beyond a key's largest window for late events (as OnlineHist
 SEED_CHUNK = 500  # calls per script call while seeding
 LOCK_MS = 30_000  # the seeding lock expires if its holder dies
 TRIM_EVERY_S = 60  # a key value's expired entries are removed in batches of up to this much event time
-DOWN_FOR_S = 1.0  # after a failure, answer 503 at once for this long before trying Redis again
+DOWN_FOR_S = 1.0  # after Redis is found down, answer 503 at once for this long before trying again
+TIMEOUTS_TO_DOWN = 3  # consecutive timeouts that count as down (one slow script is not an outage)
+BULK_TIMEOUT_S = 10.0  # batches and seeding: a script over many calls takes longer than one call
 
 
 def _plan() -> tuple[list[dict], list[tuple[str, int]]]:
@@ -353,9 +355,11 @@ def _uid(operator: str, call_id: str, t: int) -> str:
 
 class RedisHistoryStore:
     """HistoryStore over one Redis (standalone or a Sentinel-managed primary; not Redis Cluster:
-    the script builds key names). Calls block the event loop for one round trip (~0.1 ms on
-    loopback), bounded by `timeout_s`; after a failure it answers StoreUnavailable at once for
-    DOWN_FOR_S before trying again, so a dead Redis never stalls requests."""
+    the script builds key names). Calls block the event loop for one round trip (~0.2 ms on
+    loopback), bounded by `timeout_s` (BULK_TIMEOUT_S for batches and seeding). A refused or reset
+    connection, or TIMEOUTS_TO_DOWN timeouts in a row, mark Redis down: for DOWN_FOR_S every call
+    answers StoreUnavailable at once, so a dead Redis never stalls requests. Nothing is retried: a
+    script whose answer was lost may have run (its uids make a client's retry harmless)."""
 
     kind = "redis"
 
@@ -365,8 +369,12 @@ class RedisHistoryStore:
         self.url = url
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        bulk = redis.Redis.from_url(url, socket_timeout=max(timeout_s, BULK_TIMEOUT_S), socket_connect_timeout=timeout_s,
+                                    retry=Retry(NoBackoff(), 0), health_check_interval=0)
         self.prefix = prefix or f"voicefw:{LAYOUT_ID}:"
         self.script = self.client.register_script(LUA)
+        self.bulk_script = bulk.register_script(LUA)
+        self._timeouts = 0
         self._setup: OnlineHistory | None = None  # computes the setup part of a row (time zones from the bundle)
         self._ready = False
         self._down_until = 0.0
@@ -375,18 +383,23 @@ class RedisHistoryStore:
         self.errors = 0  # failed calls (metrics)
 
     # ---------------------------------------------------------------- calling Redis
-    def _run(self, mode: str, payload: list, rate: RateToken | None, need_seeded: bool = True) -> list:
+    def _run(self, mode: str, payload: list, rate: RateToken | None, need_seeded: bool = True, bulk: bool = False) -> list:
         if time.monotonic() < self._down_until:
             raise StoreUnavailable(f"online store unavailable: {self._down_reason}")
         rate_args = [rate.client, rate.limit, rate.window_s * 1000] if rate else ["", "", ""]
+        script = self.bulk_script if bulk else self.script
         try:
-            reply = self.script(keys=[self.prefix], args=[mode, "1" if need_seeded else "0", *rate_args, *payload])
+            reply = script(keys=[self.prefix], args=[mode, "1" if need_seeded else "0", *rate_args, *payload])
+            self._timeouts = 0
         except redis.RedisError as exc:
             self.errors += 1
-            self._down_until = time.monotonic() + DOWN_FOR_S
-            self._down_reason = f"{type(exc).__name__}: {exc} ({self.url_safe})"
-            log.warning("online store failed: %s", self._down_reason)
-            raise StoreUnavailable(f"online store unavailable: {self._down_reason}") from None
+            reason = f"{type(exc).__name__}: {exc} ({self.url_safe})"
+            self._timeouts = self._timeouts + 1 if isinstance(exc, redis.TimeoutError) else TIMEOUTS_TO_DOWN
+            if self._timeouts >= TIMEOUTS_TO_DOWN:
+                self._down_until = time.monotonic() + DOWN_FOR_S
+                self._down_reason = reason
+            log.warning("online store failed: %s", reason)
+            raise StoreUnavailable(f"online store unavailable: {reason}") from None
         status = reply[0]
         if status == b"ok":
             return reply[1] if len(reply) > 1 else []
@@ -408,7 +421,7 @@ class RedisHistoryStore:
             t = to_us(start)
             payload += [t, _uid(operator, call_id, t), f"{operator}\0{call_id}", a or "", b or "",
                         *(kv or "" for kv in _key_values(a, b, trunk))]
-        vals = self._run("score", payload, rate)
+        vals = self._run("score", payload, rate, bulk=len(calls) > 1)
         setup = self._setup.setup_row
         return [setup(c[0], c[2], c[3], c[4]) + _decode(vals[i * NSLOTS:(i + 1) * NSLOTS]) for i, c in enumerate(calls)]
 
@@ -436,6 +449,7 @@ class RedisHistoryStore:
 
     def close(self) -> None:
         self.client.close()
+        self.bulk_script.registered_client.close()
 
     # ---------------------------------------------------------------- seeding
     def _seeded_marker(self) -> dict:
@@ -494,7 +508,7 @@ class RedisHistoryStore:
                 t, a, b, trunk = int(r["start_us"]), r["a_number"] or None, r["b_number"] or None, r["ingress_trunk"] or None
                 payload += [t, _uid(r["operator"], r["call_id"], t), f"{r['operator']}\0{r['call_id']}", a or "", b or "",
                             *(kv or "" for kv in _key_values(a, b, trunk))]
-            self._run("record", payload, None, need_seeded=False)
+            self._run("record", payload, None, need_seeded=False, bulk=True)
             self.client.pexpire(lock, LOCK_MS)
         ended = sorted((r for r in rows if r["end_us"]), key=lambda r: int(r["end_us"]))
         for i in range(0, len(ended), SEED_CHUNK):
@@ -503,6 +517,6 @@ class RedisHistoryStore:
                 ring = float(r["ring_s"]) if r["ring_s"] not in ("", None) else None
                 su = is_short_unanswered(r["answered"].lower() == "true", ring)
                 payload += [f"{r['operator']}\0{r['call_id']}", int(r["end_us"]), "1" if su else "0"]
-            self._run("end", payload, None, need_seeded=False)
+            self._run("end", payload, None, need_seeded=False, bulk=True)
             self.client.pexpire(lock, LOCK_MS)
         return len(rows)
