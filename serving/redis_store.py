@@ -375,6 +375,7 @@ class RedisHistoryStore:
         self.script = self.client.register_script(LUA)
         self.bulk_script = bulk.register_script(LUA)
         self._timeouts = 0
+        self._last_ok = 0.0  # monotonic time of the last successful call
         self._setup: OnlineHistory | None = None  # computes the setup part of a row (time zones from the bundle)
         self._ready = False
         self._down_until = 0.0
@@ -390,7 +391,7 @@ class RedisHistoryStore:
         script = self.bulk_script if bulk else self.script
         try:
             reply = script(keys=[self.prefix], args=[mode, "1" if need_seeded else "0", *rate_args, *payload])
-            self._timeouts = 0
+            self._timeouts, self._last_ok = 0, time.monotonic()
         except redis.RedisError as exc:
             self.errors += 1
             reason = f"{type(exc).__name__}: {exc} ({self.url_safe})"
@@ -437,6 +438,14 @@ class RedisHistoryStore:
         return self._ready
 
     def health(self) -> str | None:
+        """For /readyz and metrics: pings Redis when this process has not talked to it for a second."""
+        now = time.monotonic()
+        if now >= self._down_until and now - self._last_ok > 1.0:
+            try:
+                self.client.ping()
+                self._last_ok = now
+            except redis.RedisError as exc:
+                self._down_until, self._down_reason = now + DOWN_FOR_S, f"{type(exc).__name__}: {exc} ({self.url_safe})"
         if time.monotonic() < self._down_until:
             return f"online store unavailable: {self._down_reason}"
         if not self._ready:
@@ -453,6 +462,8 @@ class RedisHistoryStore:
 
     # ---------------------------------------------------------------- seeding
     def _seeded_marker(self) -> dict:
+        if time.monotonic() < self._down_until:
+            return {}
         try:
             raw = self.client.get(self.prefix + "seeded")
         except redis.RedisError:
