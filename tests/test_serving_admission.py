@@ -10,6 +10,7 @@ from serving.api import create_app
 from serving.settings import ServingSettings
 from serving.synthetic import build_bundle, synthetic_calls
 from serving.testing import ServerThread
+from voicefw_assets.operators import operator_configs
 
 CALL = {"operator": "operator_a", "call_id": "c1", "start_time": "2026-03-03T10:00:00Z",
         "a_number": "020 7946 0001", "b_number": "07700 900001", "ingress_trunk": "trunk-1"}
@@ -99,7 +100,7 @@ def test_openapi_lists_every_status_and_the_operators(bundle_path) -> None:
         assert op["security"] == [{"bearer": []}]
     assert set(paths["/v1/model"]["get"]["responses"]) == {"200", "401", "429", "503"}
     schemas = spec["components"]["schemas"]
-    operators = ["operator_a", "operator_b", "operator_c"]
+    operators = sorted(operator_configs())
     assert sorted(schemas["CallSetup"]["discriminator"]["mapping"]) == operators  # one body per operator
     assert schemas["CallEnd"]["properties"]["operator"]["enum"] == operators
     setup_a = schemas["CallSetup_operator_a"]["properties"]
