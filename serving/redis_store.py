@@ -372,8 +372,9 @@ class RedisHistoryStore:
         bulk = redis.Redis.from_url(url, socket_timeout=max(timeout_s, BULK_TIMEOUT_S), socket_connect_timeout=timeout_s,
                                     retry=Retry(NoBackoff(), 0), health_check_interval=0)
         self.prefix = prefix or f"voicefw:{LAYOUT_ID}:"
-        self.script = self.client.register_script(LUA)
         self.bulk_script = bulk.register_script(LUA)
+        self._timeout_s = timeout_s
+        self._request_script = None  # on one dedicated connection (~15 µs less CPU a call than the pool), made on first use
         self._timeouts = 0
         self._last_ok = 0.0  # monotonic time of the last successful call
         self._setup: OnlineHistory | None = None  # computes the setup part of a row (time zones from the bundle)
@@ -388,8 +389,8 @@ class RedisHistoryStore:
         if time.monotonic() < self._down_until:
             raise StoreUnavailable(f"online store unavailable: {self._down_reason}")
         rate_args = [rate.client, rate.limit, rate.window_s * 1000] if rate else ["", "", ""]
-        script = self.bulk_script if bulk else self.script
         try:
+            script = self.bulk_script if bulk else self._request_script or self._connect()
             reply = script(keys=[self.prefix], args=[mode, "1" if need_seeded else "0", *rate_args, *payload])
             self._timeouts, self._last_ok = 0, time.monotonic()
         except redis.RedisError as exc:
@@ -409,6 +410,12 @@ class RedisHistoryStore:
         # b"unseeded": Redis came back without its data; seed it again from the bundle we serve
         self._ready = False
         raise StoreUnavailable("online store is empty (Redis restarted without its data?): seeding it from the bundle state")
+
+    def _connect(self):
+        client = redis.Redis.from_url(self.url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s,
+                                      retry=Retry(NoBackoff(), 0), health_check_interval=0, single_connection_client=True)
+        self._request_script = client.register_script(LUA)
+        return self._request_script
 
     @property
     def url_safe(self) -> str:
@@ -459,6 +466,8 @@ class RedisHistoryStore:
     def close(self) -> None:
         self.client.close()
         self.bulk_script.registered_client.close()
+        if self._request_script is not None:
+            self._request_script.registered_client.close()
 
     # ---------------------------------------------------------------- seeding
     def _seeded_marker(self) -> dict:
