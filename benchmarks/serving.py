@@ -37,9 +37,10 @@ sys.path.insert(0, str(REPO))
 from serving.synthetic import build_bundle, record_serving_model, synthetic_calls  # noqa: E402
 from serving.testing import RedisServer, ServerProcess, free_port, wait_http  # noqa: E402
 
+T0 = 1772539200  # 2026-03-03T12:00:00Z
 SINGLE_LUA = r"""
 counter = 0
-local t0 = 1772539200  -- 2026-03-03T12:00:00Z
+local t0 = T0  -- each phase starts after the previous one's calls: the history sees time move forward
 local ops = {"operator_a", "operator_b", "operator_c"}
 request = function()
   counter = counter + 1
@@ -54,7 +55,7 @@ end
 
 BATCH_LUA = r"""
 counter = 0
-local t0 = 1772539200
+local t0 = T0
 request = function()
   local parts = {}
   for i = 1, BATCH do
@@ -195,10 +196,12 @@ def bench_voicefw(args, workdir: Path, home: Path, workers: int, store: str, bat
             pin_server(child.pid)
         pid = srv.proc.pid
         if shutil.which("wrk"):
-            run_wrk(srv.url, SINGLE_LUA, 16, 2, workdir)  # warm-up
-            results["single"] = run_wrk(srv.url, SINGLE_LUA, 16, args.duration, workdir, pid)
+            day = 86_400  # warm-up, single and batch phases on consecutive days of event time (2026-03-02..04)
+            run_wrk(srv.url, SINGLE_LUA.replace("T0", str(T0 - day)), 16, 2, workdir)  # warm-up
+            results["single"] = run_wrk(srv.url, SINGLE_LUA.replace("T0", str(T0)), 16, args.duration, workdir, pid)
             if batch:
-                results["batch"] = run_wrk(srv.url, BATCH_LUA.replace("BATCH", str(args.batch)), 4, args.duration, workdir, pid)
+                script = BATCH_LUA.replace("BATCH", str(args.batch)).replace("T0", str(T0 + day))
+                results["batch"] = run_wrk(srv.url, script, 4, args.duration, workdir, pid)
         else:
             single, batches = _fixed_bodies(args.batch)
             results["single"] = run_python_client(srv.url + "/v1/score", single, 16, 20_000, workdir)
