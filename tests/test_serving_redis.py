@@ -149,7 +149,8 @@ def test_two_workers_replay_exactly_survive_a_restart_and_share_the_rate_limit(w
     got: dict[str, dict] = {}
     budget = len(events) - half + 10
     for part, limit in ((events[:half], "off"), (events[half:], f"minute:{budget}")):
-        with _server(promoted, redis_server.url, tmp_path, VOICEFW_RATE_LIMIT=limit) as srv:
+        # a generous timeout: on a loaded CI machine a slow answer must not turn into a 503 here
+        with _server(promoted, redis_server.url, tmp_path, VOICEFW_RATE_LIMIT=limit, VOICEFW_STORE_TIMEOUT_S="5") as srv:
             assert wait_for(lambda: _ready(srv.url), 60)
             workers = _one_connection_per_worker(srv.url)
             assert len(workers) == 2
