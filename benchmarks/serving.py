@@ -198,7 +198,14 @@ def bench_voicefw(args, workdir: Path, home: Path, workers: int, store: str, bat
         if shutil.which("wrk"):
             day = 86_400  # warm-up, single and batch phases on consecutive days of event time (2026-03-02..04)
             run_wrk(srv.url, SINGLE_LUA.replace("T0", str(T0 - day)), 16, 2, workdir)  # warm-up
+            redis_client = __import__("redis").Redis.from_url(store) if store.startswith("redis") else None
+            if redis_client is not None:
+                redis_client.config_resetstat()
             results["single"] = run_wrk(srv.url, SINGLE_LUA.replace("T0", str(T0)), 16, args.duration, workdir, pid)
+            if redis_client is not None:  # Redis's own time per script call (single calls only)
+                stats = redis_client.info("commandstats")
+                results["single"]["redis_us"] = sum(v["usec"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")) / max(
+                    1, sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")))
             if batch:
                 script = BATCH_LUA.replace("BATCH", str(args.batch)).replace("T0", str(T0 + day))
                 results["batch"] = run_wrk(srv.url, script, 4, args.duration, workdir, pid)
@@ -304,7 +311,8 @@ def main() -> None:
                     continue
                 cpu = r.get("cpu_us", float("nan"))
                 print(f"{name:28} {mode:18} {r['rps']:9.0f} {r['rps'] * n:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
-                      f"{r['non2xx']:8d} {cpu:10.0f} {n * 1e6 / cpu:12.0f} {r['socket_errors']}")
+                      f"{r['non2xx']:8d} {cpu:10.0f} {n * 1e6 / cpu:12.0f} {r['socket_errors']}"
+                      + (f"  + Redis {r['redis_us']:.0f} us/call" if "redis_us" in r else ""))
         if not args.no_mlflow and not isinstance(rows[-1][1], str):
             for name, res in rows[:-1]:
                 print(f"single-call throughput, {name} / mlflow: {res['single']['rps'] / rows[-1][1]['single']['rps']:.1f}x")
