@@ -420,7 +420,9 @@ class RedisHistoryStore:
     @property
     def url_safe(self) -> str:
         kw = self.client.connection_pool.connection_kwargs
-        return f"redis://{kw.get('host', kw.get('path', '?'))}:{kw.get('port', '')}/{kw.get('db', 0)}"
+        if "path" in kw:
+            return f"unix://{kw['path']}?db={kw.get('db', 0)}"
+        return f"redis://{kw.get('host', '?')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
     # ---------------------------------------------------------------- HistoryStore
     def score_starts(self, calls: list[Start], rate: RateToken | None) -> list[list]:
