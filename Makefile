@@ -28,10 +28,11 @@ run: setup
 	VOICEFW_SETTLE_S=0 $(BIN)/voicefw materialize || echo "*** some runs failed or a check did not pass: the UI below shows which ***"
 	$(BIN)/voicefw up
 
-## test: set up and run the test suite (installs and starts a throwaway PostgreSQL for the Postgres tests,
-## and installs kamailio + sipp for the real-switch tests)
+## test: set up and run the test suite (installs PostgreSQL and Redis for throwaway test servers,
+## and kamailio + sipp for the real-switch tests)
 test: setup
 	bash .ci/postgres.sh install
+	bash .ci/redis.sh install
 	bash .ci/switches.sh install
 	$(BIN)/python -m pytest
 
