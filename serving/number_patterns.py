@@ -17,7 +17,7 @@ import logging
 import re
 
 from voicefw_assets.contracts import E164
-from voicefw_assets.ingest.numbers import MAX_DIGITS, MIN_DIGITS, country_nsn_lengths
+from voicefw_assets.ingest.numbers import country_nsn_lengths, e164_lengths
 from voicefw_assets.operators import NumberPlan
 
 log = logging.getLogger("voicefw.serving")
@@ -44,10 +44,10 @@ def _international(first_excluded: str = "") -> str:
     """Any country code and a national number of a length that country uses (the rule of
     voicefw_assets.ingest.numbers: 7-15 digits in all), digits optionally separated."""
     alts = []
-    for cc, lengths in sorted(country_nsn_lengths().items()):
+    for cc in sorted(country_nsn_lengths()):
         if cc[0] in first_excluded:
             continue
-        ok = {n for n in lengths if MIN_DIGITS <= len(cc) + n <= MAX_DIGITS}
+        ok = e164_lengths(cc)
         if ok:
             alts.append(_literal(cc) + _lengths(ok))
     return "(?:" + "|".join(alts) + ")"
@@ -62,7 +62,7 @@ def number_pattern(plan: NumberPlan, *, withheld: bool) -> str:
         return LOOSE
     forms = [r"\+" + _international(),  # +44 20 7946 0001
              _literal(ip) + f"{SEP}?" + _international()]  # 0044 20 7946 0001
-    own = {n for n in country_nsn_lengths().get(cc, ()) if MIN_DIGITS <= len(cc) + n <= MAX_DIGITS}
+    own = e164_lengths(cc)
     if np and own:  # 020 7946 0001 -> +44 20 7946 0001; the rest must not turn the prefix into the international one
         rest_first = _first(ip[len(np)] if ip.startswith(np) and len(ip) > len(np) else "")
         forms.append(_literal(np) + f"{SEP}?" + rest_first + _lengths({n - 1 for n in own}))

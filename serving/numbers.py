@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from voicefw_assets.ingest.numbers import country_code_length, country_nsn_lengths
+from voicefw_assets.ingest.numbers import country_code_length, e164_lengths
 from voicefw_assets.operators import NumberPlan
 
 _URI = re.compile(r"^(sips?|tel):|[@;].*$")  # sip:/tel: scheme, @host and ;params
@@ -45,7 +45,7 @@ def _digits(c: str, plan: NumberPlan) -> str:
         return cc + c[len(plan.national_prefix) :]
     if plan.unprefixed == "international":
         return c
-    own = country_nsn_lengths().get(cc, frozenset())
+    own = e164_lengths(cc)
     if c.startswith(cc) and len(c) - len(cc) in own and len(c) not in own:  # a country code written without '+'
         return c
     return cc + c

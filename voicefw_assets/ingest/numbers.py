@@ -51,6 +51,11 @@ def country_nsn_lengths() -> dict[str, frozenset[int]]:
     return out
 
 
+def e164_lengths(cc: str) -> frozenset[int]:
+    """National-number lengths of a country that make an E.164 number (7-15 digits in all)."""
+    return frozenset(n for n in country_nsn_lengths().get(cc, ()) if MIN_DIGITS <= len(cc) + n <= MAX_DIGITS)
+
+
 def country_code_length(digits: str) -> int:
     """Length of the country code when `digits` (no '+') is a valid E.164 number, else 0."""
     table = country_nsn_lengths()
@@ -128,7 +133,7 @@ def digits_sql(c: str, plan: NumberPlan) -> str:
     referenced several times), by the operator's numbering plan."""
     cc = plan.country_code or ""
     intl, nat = plan.international_prefix, plan.national_prefix
-    own = sorted(country_nsn_lengths().get(cc, ())) if cc else []
+    own = sorted(e164_lengths(cc)) if cc else []
     branches = [f"WHEN starts_with({c}, '+') THEN {c}[2:]", f"WHEN starts_with({c}, {lit(intl)}) THEN {c}[{len(intl) + 1}:]"]
     if nat:
         branches.append(f"WHEN starts_with({c}, {lit(nat)}) THEN {lit(cc)} || {c}[{len(nat) + 1}:]")
