@@ -42,7 +42,7 @@ from dagster import (
 )
 
 from resources.landing import LandedFile, LandingZone
-from voicefw_assets.mapping import UnreadableFile, peek_file_dates
+from voicefw_assets.ingest import UnreadableFile, peek_file_dates
 from voicefw_assets.operators import operator_configs
 from voicefw_assets.partitions import operator_partitions
 from voicefw_assets.settings import operator_config_dir

@@ -44,7 +44,7 @@ def synthetic_calls(n_per_day: int = 1500, seed: int = 7) -> Calls:
     a_pool = [f"+44207946{i:04d}" for i in range(200)] + [f"+4930123{i:04d}" for i in range(150)] + [
         f"+3312345{i:04d}" for i in range(50)
     ]
-    flash_ranges = ["+4479001", "+3161234", "+2348031"]
+    flash_ranges = ["+4479001", "+3161234", "+234803123"]  # numbers of a valid length for their country
     for day in (DAY1, DAY2):
         day0 = datetime(day.year, day.month, day.day, tzinfo=UTC)
         for k in range(n_per_day):

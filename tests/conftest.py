@@ -14,4 +14,5 @@ def home(tmp_path, monkeypatch):
     (dh / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     monkeypatch.setenv("VOICEFW_HOME", str(vf))
     monkeypatch.setenv("DAGSTER_HOME", str(dh))
+    monkeypatch.setenv("VOICEFW_SETTLE_S", "0")  # files written by a test are complete: read them at once
     return vf

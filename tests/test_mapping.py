@@ -10,7 +10,8 @@ import phonenumbers
 import pytest
 
 from resources.landing import LandingZone
-from voicefw_assets.mapping import e164_sql, map_partition, peek_file_dates, sync_landing
+from voicefw_assets.ingest import e164_sql, map_partition, peek_file_dates, sync_landing
+from voicefw_assets.ingest.numbers import ensure_e164_table
 from voicefw_assets.operators import ConfigError, NumberPlan, load_operator_config, operator_configs
 
 
@@ -144,18 +145,20 @@ def test_operator_c_iso_offsets_ms_units_gzip_and_malformed_lines(home):
     day = date(2026, 11, 2)
     con, _, rep = run(home, "operator_c", day)
     m = mapped(con, "operator_c")
-    assert set(m) == {"c1", "c2"}
+    assert set(m) == {"c1", "c2", "c3", "c5"}  # a bad caller number or SIP code is field-level: NULL + flag
     assert m["c1"]["start_time"] == utc(2026, 11, 2, 4, 59, 59, 500000)
     assert m["c1"]["end_time"] == utc(2026, 11, 2, 5, 0, 1, 250000)
     assert m["c1"]["ring_s"] == 1.75 and m["c1"]["disposition"] == "cancelled" and m["c1"]["release_side"] == "caller"
     assert m["c1"]["a_number"] == "+447700900123" and m["c1"]["b_number"] == "+4930123456" and m["c1"]["sip_code"] == 487
     assert m["c2"]["answered"] and m["c2"]["duration_s"] == 120 and m["c2"]["release_side"] == "callee"
     assert m["c2"]["a_number"] == "+33612345678"
+    assert m["c3"]["a_number"] is None and m["c3"]["a_number_raw"] == "12" and m["c3"]["quality_flags"] == ["a_number_invalid"]
+    assert m["c5"]["sip_code"] is None and m["c5"]["quality_flags"] == ["sip_code_invalid"] and m["c5"]["a_number"] is None
+    assert m["c1"]["quality_flags"] is None
     reasons = dict(con.execute("SELECT source_line, reason FROM rejected_cdrs ORDER BY 1").fetchall())
-    assert reasons[4].startswith("a_number not convertible to E.164: 12")
-    assert reasons[5].startswith("malformed CSV line")
-    assert reasons[6].startswith("bad sip_code: 999")
+    assert reasons == {5: "wrong number of fields: expected 15, found 5"}
     assert rep[day].raw == 5 and rep[day].mapped + rep[day].rejected == 5
+    assert rep[day].flags == {"a_number_invalid": 1, "sip_code_invalid": 1}
 
 
 def test_unreadable_and_duplicate_files_are_quarantined_with_a_reason(home):
@@ -225,6 +228,7 @@ def test_peek_file_dates_reads_the_days_a_file_spans(home):
 )
 def test_sql_e164_agrees_with_phonenumbers(plan, region, numbers):
     con = duckdb.connect()
+    ensure_e164_table(con)
     got = [r[0] for r in con.execute(f"SELECT {e164_sql('x', plan)} FROM unnest(?) AS t(x)", [numbers]).fetchall()]
     want = []
     for n in numbers:
@@ -236,6 +240,7 @@ def test_sql_e164_agrees_with_phonenumbers(plan, region, numbers):
 def test_bare_international_numbers_and_garbage():
     plan = NumberPlan(national_prefix="", international_prefix="00", unprefixed="international")
     con = duckdb.connect()
+    ensure_e164_table(con)
     nums = ["447700900123", "00447700900123", "+1 (212) 555-0100", "12", "abc", "", None, "0447700900123"]
     got = [r[0] for r in con.execute(f"SELECT {e164_sql('x', plan)} FROM unnest(?) AS t(x)", [nums]).fetchall()]
     assert got == ["+447700900123", "+447700900123", "+12125550100", None, None, None, None, None]
@@ -281,3 +286,49 @@ def test_windows_exports_with_bom_and_crlf_map(home):
     con, sync, rep = run(home, "operator_c", date(2026, 11, 2))
     assert not sync.quarantined and rep[date(2026, 11, 2)].mapped == 1
     assert mapped(con, "operator_c")["w1"]["source_line"] == 2
+
+
+def test_paths_with_quotes_and_spaces_work_end_to_end(tmp_path, monkeypatch):
+    """VOICEFW_HOME=/srv/o'brien: every path reaches SQL as a parameter or a quoted literal."""
+    home = tmp_path / "o'brien \"x\" ; drop"
+    home.mkdir()
+    monkeypatch.setenv("VOICEFW_HOME", str(home))
+    monkeypatch.setenv("VOICEFW_SETTLE_S", "0")
+    text = asterisk_row("q1", "07700900123", "02079460000", "2026-11-01 09:00:00", "", "2026-11-01 09:00:05", "5", "0", "NO ANSWER")
+    land(home, "operator_a", "it's.csv", text)
+    from voicefw_assets.ingest import partition_checks, survey_landing
+
+    assert [d.action for d in survey_landing(LandingZone(), operator_configs()).decisions] == ["ingest"]
+    con, sync, rep = run(home, "operator_a", date(2026, 11, 1))
+    assert rep[date(2026, 11, 1)].mapped == 1 and mapped(con, "operator_a")["q1"]["source_file"].endswith("it's.csv")
+    assert all(c.passed for c in partition_checks(con, "operator_a", [date(2026, 11, 1)])[date(2026, 11, 1)].values())
+
+
+def test_numbers_written_with_a_bare_country_code_and_misplaced_cause_codes(home):
+    """Hand-computed rows: a UK switch writing 442079460002 means +442079460002 (not +44442079460002);
+    an impossible UK length is no number (NULL + flag, row kept); a SIP code in the Q.850 column of a
+    wholesale export (487) keeps the row with the cause NULL + flag; ms ring timers are seconds."""
+    text = (
+        asterisk_row("n1", "442079460002", "447700900123", "2026-11-03 09:00:00", "", "2026-11-03 09:00:04", "4", "0", "NO ANSWER")
+        + asterisk_row("n2", "033005122192", "0044 7700 900124", "2026-11-03 09:01:00", "2026-11-03 09:01:02", "2026-11-03 09:02:02", "62", "60", "ANSWERED")
+    )
+    land(home, "operator_a", "Master.csv", text)
+    con, _, rep = run(home, "operator_a", date(2026, 11, 3))
+    m = mapped(con, "operator_a")
+    assert (m["n1"]["a_number"], m["n1"]["b_number"], m["n1"]["quality_flags"]) == ("+442079460002", "+447700900123", None)
+    assert (m["n2"]["a_number"], m["n2"]["a_number_raw"], m["n2"]["quality_flags"]) == (None, "033005122192", ["a_number_invalid"])
+    assert m["n2"]["b_number"] == "+447700900124" and m["n2"]["duration_s"] == 60 and m["n2"]["ring_s"] == 2
+    assert rep[date(2026, 11, 3)].flags == {"a_number_invalid": 1} and rep[date(2026, 11, 3)].rejected == 0
+
+    header = "call_id,time_start,time_connect,time_end,src_number,dst_number,orig_gw,term_gw,pdd_ms,ring_ms,sip_code,sip_reason,q850_cause,disconnect_initiator,duration\n"
+    land(home, "operator_c", "w.csv", header
+         + "w1,2026-11-03T10:00:00Z,,2026-11-03T10:00:01.5Z,447700900123,4930123456,a,b,300,1500,487,Request Terminated,487,orig,0\n"
+         + "w2,2026-11-03T10:00:00+01:00,2026-11-03T10:00:07+01:00,2026-11-03T10:01:07+01:00,0033612345678,33612345679,a,b,300,7000,200,OK,16,term,60\n")
+    con.close()
+    con, _, rep = run(home, "operator_c", date(2026, 11, 3))
+    m = mapped(con, "operator_c")
+    assert (m["w1"]["q850_cause"], m["w1"]["sip_code"], m["w1"]["quality_flags"]) == (None, 487, ["q850_cause_invalid"])
+    assert m["w1"]["disposition"] == "cancelled" and m["w1"]["ring_s"] == 1.5 and not m["w1"]["answered"]
+    assert m["w2"]["start_time"] == utc(2026, 11, 3, 9, 0) and m["w2"]["ring_s"] == 7 and m["w2"]["duration_s"] == 60
+    assert m["w2"]["a_number"] == "+33612345678" and m["w2"]["b_number"] == "+33612345679"
+    assert rep[date(2026, 11, 3)].flags == {"q850_cause_invalid": 1}

@@ -9,7 +9,7 @@ import phonenumbers
 import pytest
 
 from serving.numbers import InvalidNumber, normalize_number
-from voicefw_assets.mapping import e164_sql
+from voicefw_assets.ingest.numbers import e164_sql, ensure_e164_table
 from voicefw_assets.operators import NumberPlan, operator_configs
 
 PLANS = {name: cfg.numbers for name, cfg in operator_configs().items()}
@@ -21,12 +21,24 @@ HAND_PICKED = [
     "4930123456", "004930123456", "+1 415 555 0100", "011 49 30 1234567", "4155550100",
     "anonymous", "Restricted", " withheld ", "", "  ", "12", "+0123456789", "abc", "0", "00",
     "+12345678901234567", "0049 (0)30 1234567", "SIP:0049301234567@10.0.0.1",
+    "442079460002", "0442079460002", "+44442079460002", "4412345", "+999123456789", "+8821612345678",
 ]
 
 
 def _random_numbers(rng: random.Random, n: int) -> list[str]:
+    """Digit strings of random length (mostly not numbers) and numbers of a valid length for a
+    random country or the plan's own (country code, length from phonenumbers' table), in the
+    spellings switches use."""
+    from voicefw_assets.ingest.numbers import country_nsn_lengths
+
+    table = sorted(country_nsn_lengths().items())
     out = []
-    for _ in range(n):
+    for i in range(n):
+        if i % 2:
+            cc, lengths = rng.choice(table) if i % 4 == 1 else ("44", country_nsn_lengths()["44"])
+            nsn = "".join(rng.choice("0123456789") for _ in range(rng.choice(sorted(lengths))))
+            out.append(rng.choice(["+", "00", "", "011"]) + cc + rng.choice(["", " "]) + nsn)
+            continue
         body = "".join(rng.choice("0123456789") for _ in range(rng.randint(4, 16)))
         prefix = rng.choice(["", "0", "00", "+", "011", "00 44 ", "0 "])
         sep = rng.choice(["", " ", "-", "."])
@@ -47,6 +59,7 @@ def test_python_normalizer_equals_mapping_sql(operator: str) -> None:
     plan = PLANS[operator]
     raws = HAND_PICKED + _random_numbers(random.Random(operator), 3000)
     con = duckdb.connect()
+    ensure_e164_table(con)
     con.execute("CREATE TABLE t(i INTEGER, raw VARCHAR)")
     con.executemany("INSERT INTO t VALUES (?, ?)", list(enumerate(raws)))
     # the mapping trims and turns '' into NULL before e164_sql; withheld words end up NULL too
@@ -93,3 +106,15 @@ def test_withheld_and_invalid() -> None:
     assert normalize_number(None, plan) is None
     with pytest.raises(InvalidNumber):
         normalize_number("12ab", plan)
+
+
+def test_country_code_without_prefix_and_invalid_lengths() -> None:
+    """A UK switch's 442079460002 is +442079460002 (its national reading, +44442079460002, has a
+    length no UK number has); a number with an impossible length for its country is not E.164."""
+    uk = PLANS["operator_a"]
+    assert normalize_number("442079460002", uk) == "+442079460002"
+    assert normalize_number("2079460002", uk) == "+442079460002"
+    for bad in ("+44442079460002", "0442079460002", "+4420794600", "+999123456789", "+0123456789"):
+        assert normalize_number(bad, uk) is None, bad  # no number: NULL + flag in the batch, no history online
+    de = PLANS["operator_b"]
+    assert normalize_number("030 1234567", de) == "+49301234567"

@@ -356,7 +356,7 @@ def test_clean_run_has_no_dirt(clean):
 def test_drops_map_with_the_operator_configs(tmp_path, monkeypatch):
     """End to end with the mapping: every ground-truth call maps, and only planted dirt is rejected."""
     from resources.landing import LandingZone
-    from voicefw_assets import mapping
+    from voicefw_assets import ingest
     from voicefw_assets.operators import operator_configs
 
     monkeypatch.setenv("VOICEFW_HOME", str(tmp_path))
@@ -364,11 +364,11 @@ def test_drops_map_with_the_operator_configs(tmp_path, monkeypatch):
     summary = simulate(tmp_path, days=2, calls_per_day=1500, seed=9)
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
     con.execute("SET TimeZone = 'UTC'")
-    zone = LandingZone(root=str(tmp_path / "landing"), quarantine_root=str(tmp_path / "quarantine"))
+    zone = LandingZone(root=str(tmp_path / "landing"), quarantine_root=str(tmp_path / "quarantine"), settle_s=0)
     for op, config in operator_configs().items():
-        mapping.sync_landing(con, config, zone)
+        ingest.sync_landing(con, config, zone)
         for day in (date(2026, 11, 1), date(2026, 11, 2), date(2026, 11, 3)):
-            mapping.map_partition(con, config, day)
+            ingest.map_partition(con, config, day)
     con.execute(f"CREATE TABLE gt AS SELECT * FROM read_csv('{tmp_path}/ground_truth/*/*.csv', all_varchar = true)")
     missing = con.execute("SELECT count(*) FROM gt ANTI JOIN mapped_cdrs USING (operator, call_id)").fetchone()[0]
     extra = con.execute("SELECT count(*) FROM mapped_cdrs ANTI JOIN gt USING (operator, call_id)").fetchone()[0]

@@ -63,32 +63,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def landed_partitions(log=print) -> dict[str, set[date]]:
-    """operator -> UTC days with landed data: the manifest for files already loaded, a cheap
-    start-time peek for new ones. A file that cannot be peeked is quarantined here (same reason
-    the raw asset would give), so nothing is silently left behind."""
+    """operator -> UTC days with landed data, by the same per-file decision the drop sensor and the
+    raw asset take (voicefw_assets.ingest.survey_landing): the manifest for files already
+    registered, a read for new ones. Files to quarantine are moved here with their reason;
+    files still being written (modified within the settle time) wait for a later run."""
     from resources import LandingZone, Warehouse
-    from voicefw_assets.mapping import UnreadableFile, ensure_warehouse, manifest, peek_file_dates
+    from voicefw_assets.ingest import ensure_warehouse, manifest, survey_landing
     from voicefw_assets.operators import operator_configs
 
     landing, warehouse, configs = LandingZone(), Warehouse(), operator_configs()
-    known: dict[str, tuple] = {}
+    known = {}
     if warehouse.file.exists():
         with warehouse.connect() as con:
             ensure_warehouse(con)
             for op in configs:
                 known |= manifest(con, op)
+    survey = survey_landing(landing, configs, known=known)
+    survey.apply_quarantine(landing, log)
+    waiting = survey.by_action("wait")
+    if waiting:
+        log(f"{len(waiting)} file(s) modified less than {landing.settle_seconds:.0f} s ago wait for a later run "
+            f"(VOICEFW_SETTLE_S), e.g. {waiting[0].file.path}")
     out: dict[str, set[date]] = defaultdict(set)
-    for op, config in configs.items():
-        for f in landing.list_files(op, config.file_patterns):
-            size, mtime_ns, _, days = known.get(str(f.path), (None, None, None, []))
-            if (size, mtime_ns) == (f.size, f.mtime_ns):
-                out[op].update(days)
-                continue
-            try:
-                out[op].update(peek_file_dates(config, f.path))
-            except UnreadableFile as exc:
-                landing.quarantine(f.path, str(exc), op)
-                log(f"quarantined {f.path}: {exc}")
+    for op, day in survey.partitions:
+        out[op].add(day)
     return dict(out)
 
 

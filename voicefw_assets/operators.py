@@ -6,7 +6,10 @@ its source columns. It is data: onboarding an operator means adding one file, no
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import re
+from fnmatch import fnmatch
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -67,18 +70,42 @@ class FieldSpec(Strict):
 
 
 class CsvDialect(Strict):
+    """How a file's lines split into fields. Every physical line is one record (a quoted field
+    never spans lines); see voicefw_assets/ingest/split.py for the exact grammar."""
+
     header: bool = True
-    delimiter: str = ","
-    quote: str = '"'
-    escape: str | None = None  # defaults to the quote character (RFC 4180 doubling)
+    # names: the header line lists the column names in the dialect itself;
+    # declarations: Kamailio db_text, `name(type[,attr])` declarations separated by spaces
+    header_style: Literal["names", "declarations"] = "names"
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    quote: str = Field('"', max_length=1)  # "" = no quoting at all (db_text)
+    escape: str | None = Field(None, min_length=1, max_length=1)  # None: the quote doubles itself (RFC 4180)
     columns: tuple[str, ...] = ()  # required when header is false
-    extra_header_rows: int = Field(0, ge=0)  # rows after the header that are not CDRs (CUCM's type row)
+    extra_header_rows: int = Field(0, ge=0)  # physical lines after the header that are not CDRs (CUCM's type row)
+    encoding: str = "utf-8"  # any Python codec; a byte-order mark in the file overrides it
+    decode: dict[str, str] = {}  # exact replacements in every value after splitting (flatstore writes "|" as "%7C")
+    max_line_bytes: int = Field(1 << 20, ge=1024)  # longer lines are rejected (their first 64 KiB kept)
 
     @model_validator(mode="after")
     def _columns_when_headerless(self) -> CsvDialect:
         if not self.header and not self.columns:
             raise ValueError("a headerless dialect must list its `columns`")
+        if self.quote and self.quote == self.delimiter or self.escape == self.delimiter:
+            raise ValueError("`delimiter` must differ from `quote` and `escape`")
+        if self.header_style == "declarations" and not self.header:
+            raise ValueError("`header_style: declarations` needs `header: true`")
+        if len(set(self.columns)) != len(self.columns):
+            raise ValueError("`columns` has duplicate names")
         return self
+
+    @field_validator("encoding")
+    @classmethod
+    def _codec(cls, v: str) -> str:
+        try:
+            codecs.lookup(v)
+        except LookupError as exc:
+            raise ValueError(f"unknown encoding {v!r}") from exc
+        return v
 
 
 class NumberPlan(Strict):
@@ -157,6 +184,15 @@ class OperatorConfig(Strict):
                 if spec.column is not None and spec.column not in cols:
                     raise ValueError(f"field {fname} reads column {spec.column!r}, not among csv.columns")
         return self
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the config does: files mapped under another config are mapped again."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    def claims(self, file_name: str) -> bool:
+        """The file name matches one of `file_patterns` (shell wildcards)."""
+        return any(fnmatch(file_name, p) for p in self.file_patterns)
 
     def source_columns(self) -> set[str]:
         """Columns the mapping reads by name (the sql expressions are checked when they run)."""

@@ -11,7 +11,7 @@ import duckdb
 
 from resources.landing import LandingZone
 from tests.switches.expect import iso
-from voicefw_assets.mapping import map_partition, sync_landing
+from voicefw_assets.ingest import map_partition, sync_landing
 from voicefw_assets.operators import operator_configs
 
 E164_OF = {"07700900102": "+447700900102", "01632960102": "+441632960102", "anonymous": None}
