@@ -10,9 +10,13 @@ from pathlib import Path
 
 from dagster import SensorResult, build_sensor_context, instance_for_test
 
+from datetime import timedelta
+
 from resources.landing import LandingZone
+from resources.warehouse import Warehouse
 from sensors import cdr_drop_sensor
 from sensors.cdr_drop import Cursor, build_cdr_drop_sensor
+from voicefw_assets.partitions import operator_partitions, split_operator_day
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEADER = "call_id,time_start,time_connect,time_end,src_number,dst_number,orig_gw,term_gw,sip_code,q850_cause,disconnect_initiator,duration,ring_ms\n"
@@ -32,14 +36,24 @@ def drop(home: Path, operator: str, name: str, body: str, mtime_ns: int) -> Path
 
 
 def tick(sensor, instance, cursor: str | None) -> SensorResult:
-    ctx = build_sensor_context(instance=instance, cursor=cursor, resources={"landing": LandingZone()})
+    ctx = build_sensor_context(instance=instance, cursor=cursor, resources={"landing": LandingZone(), "warehouse": Warehouse()})
     result = sensor(ctx)
     assert isinstance(result, SensorResult)
     return result
 
 
+def covered(request) -> list[str]:
+    """The operator-day keys a run request covers: its partition, or every key of its range (the
+    days of these tests are consecutive calendar days, new to the instance, so sorted)."""
+    if request.partition_key is not None:
+        return [str(request.partition_key)]
+    (op0, d0), (op1, d1) = (split_operator_day(request.tags[f"dagster/asset_partition_range_{end}"]) for end in ("start", "end"))
+    ops = [o for o in operator_partitions.get_partition_keys() if op0 <= o <= op1]
+    return [f"{d0 + timedelta(days=i)}|{o}" for i in range((d1 - d0).days + 1) for o in ops]
+
+
 def partitions(result: SensorResult) -> list[str]:
-    return [str(r.partition_key) for r in result.run_requests]
+    return sorted(k for r in result.run_requests for k in covered(r))
 
 
 def test_backlog_of_10000_files_is_worked_off_in_capped_ticks(home):
@@ -58,8 +72,9 @@ def test_backlog_of_10000_files_is_worked_off_in_capped_ticks(home):
         c1 = Cursor.parse(first.cursor).marks["operator_c"]
         assert c1.arrived_ns == BASE_NS + 99 * 1_000_000  # exactly the first 100 files were handled
         assert len(c1.at_arrival) == 1
-        tags = {str(r.partition_key): r.tags for r in first.run_requests}
-        assert tags["2026-11-01|operator_c"]["voicefw/files"] == "34"  # files 0, 3, ..., 99
+        # one run for the tick: the three days of operator_c are one partition range
+        assert len(first.run_requests) == 1 and first.run_requests[0].tags["voicefw/files"] == "100"
+        assert sorted(first.dynamic_partitions_requests[0].partition_keys) == days
 
         t0 = time.perf_counter()
         second = tick(sensor, instance, first.cursor)
@@ -71,7 +86,7 @@ def test_backlog_of_10000_files_is_worked_off_in_capped_ticks(home):
         assert not {r.run_key for r in first.run_requests} & {r.run_key for r in second.run_requests}
 
 
-def test_run_requests_are_capped_and_the_cursor_resumes(home):
+def test_operator_days_per_tick_are_capped_and_the_cursor_resumes(home):
     for i in range(10):
         drop(home, "operator_c", f"day_{i}.csv", HEADER + cdr_line(f"d{i}", f"2026-11-{i + 1:02d}"), BASE_NS + i)
     sensor = build_cdr_drop_sensor(max_runs_per_tick=4)
@@ -80,7 +95,7 @@ def test_run_requests_are_capped_and_the_cursor_resumes(home):
     with instance_for_test() as instance:
         for expected in (4, 4, 2):
             result = tick(sensor, instance, cursor)
-            assert len(result.run_requests) == expected
+            assert len(partitions(result)) == expected and len(result.run_requests) == 1
             seen += partitions(result)
             cursor = result.cursor
         assert seen == [f"2026-11-{d:02d}|operator_c" for d in range(1, 11)]
@@ -145,14 +160,17 @@ def test_unknown_operator_and_bad_files_are_quarantined_with_a_reason(home):
     assert json.loads(only_bad.cursor)["operator_yy"]["arrived_ns"] == BASE_NS + 100
 
 
-def test_partition_keys_exist_in_the_ingest_partitions(home):
+def test_requested_partitions_exist_once_the_tick_adds_its_days(home):
+    """The days are dynamic partitions: the tick that requests a run adds its new days."""
     from voicefw_assets.partitions import cdr_partitions
 
     drop(home, "operator_c", "a.csv", HEADER + cdr_line("p1", "2026-11-03"), BASE_NS)
     with instance_for_test() as instance:
         result = tick(cdr_drop_sensor, instance, None)
+        (add,) = result.dynamic_partitions_requests
+        instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
         keys = [r.partition_key for r in result.run_requests]
-        assert keys and all(cdr_partitions.has_partition_key(k) for k in keys)
+        assert keys and set(map(str, keys)) <= set(cdr_partitions.get_partition_keys(dynamic_partitions_store=instance))
         assert result.run_requests[0].partition_key.keys_by_dimension == {"operator": "operator_c", "date": "2026-11-03"}
 
 
