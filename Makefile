@@ -24,12 +24,14 @@ run: setup
 	@if [ -z "$$(ls -A $(VOICEFW_HOME)/landing 2>/dev/null)" ]; then \
 		$(BIN)/voicefw simulate --days $(DAYS) --calls-per-day $(CALLS_PER_DAY) --seed $(SEED); \
 	else echo "$(VOICEFW_HOME)/landing already has drops: not simulating again (make clean starts over)"; fi
-	$(BIN)/voicefw materialize || echo "*** some runs failed or a check did not pass: the UI below shows which ***"
+	$(BIN)/voicefw materialize || echo "*** some runs failed or a check did not pass: the lines above and the UI say which ***"
+	@echo "voicefw lives in $(BIN)/ (source $(BIN)/activate to call it as voicefw); its Dagster instance is DAGSTER_HOME=$(DAGSTER_HOME)"
 	$(BIN)/voicefw up
 
-## test: set up and run the test suite (installs and starts a throwaway PostgreSQL for the Postgres tests)
+## test: set up, check the Dagster definitions load (dg check defs), run the test suite (installs and starts a throwaway PostgreSQL for the Postgres tests)
 test: setup
 	bash .ci/postgres.sh install
+	tmp=$$(mktemp -d) && echo "telemetry: {enabled: false}" > $$tmp/dagster.yaml && DAGSTER_HOME=$$tmp $(BIN)/dg check defs; status=$$?; rm -rf $$tmp; exit $$status
 	$(BIN)/python -m pytest
 
 simulate: setup
@@ -39,7 +41,7 @@ materialize: setup
 	$(BIN)/voicefw materialize
 
 ui: setup
-	$(BIN)/dagster dev -w workspace.yaml -p 3000
+	$(BIN)/dg dev -w workspace.yaml --port 3000 --log-level warning
 
 clean:
 	rm -rf data .dagster_home

@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from dagster import SensorResult, build_sensor_context, instance_for_test
 
 from datetime import timedelta
@@ -52,8 +53,13 @@ def covered(request) -> list[str]:
     return [f"{d0 + timedelta(days=i)}|{o}" for i in range((d1 - d0).days + 1) for o in ops]
 
 
+def ingest(result: SensorResult) -> list:
+    """The tick's ingest run requests (a tick may also ask for a feed's freshness check)."""
+    return [r for r in result.run_requests if r.job_name == "ingest_cdrs"]
+
+
 def partitions(result: SensorResult) -> list[str]:
-    return sorted(k for r in result.run_requests for k in covered(r))
+    return sorted(k for r in ingest(result) for k in covered(r))
 
 
 def test_backlog_of_10000_files_is_worked_off_in_capped_ticks(home):
@@ -73,7 +79,7 @@ def test_backlog_of_10000_files_is_worked_off_in_capped_ticks(home):
         assert c1.arrived_ns == BASE_NS + 99 * 1_000_000  # exactly the first 100 files were handled
         assert len(c1.at_arrival) == 1
         # one run for the tick: the three days of operator_c are one partition range
-        assert len(first.run_requests) == 1 and first.run_requests[0].tags["voicefw/files"] == "100"
+        assert len(ingest(first)) == 1 and ingest(first)[0].tags["voicefw/files"] == "100"
         assert sorted(first.dynamic_partitions_requests[0].partition_keys) == days
 
         t0 = time.perf_counter()
@@ -83,7 +89,7 @@ def test_backlog_of_10000_files_is_worked_off_in_capped_ticks(home):
         assert c2.arrived_ns == BASE_NS + 199 * 1_000_000
         # same partitions (new files touched them) but new run keys: nothing of tick 1 is re-requested
         assert sorted(partitions(second)) == sorted(partitions(first))
-        assert not {r.run_key for r in first.run_requests} & {r.run_key for r in second.run_requests}
+        assert not {r.run_key for r in ingest(first)} & {r.run_key for r in ingest(second)}
 
 
 def test_operator_days_per_tick_are_capped_and_the_cursor_resumes(home):
@@ -95,7 +101,7 @@ def test_operator_days_per_tick_are_capped_and_the_cursor_resumes(home):
     with instance_for_test() as instance:
         for expected in (4, 4, 2):
             result = tick(sensor, instance, cursor)
-            assert len(partitions(result)) == expected and len(result.run_requests) == 1
+            assert len(partitions(result)) == expected and len(ingest(result)) == 1
             seen += partitions(result)
             cursor = result.cursor
         assert seen == [f"2026-11-{d:02d}|operator_c" for d in range(1, 11)]
@@ -120,20 +126,20 @@ def test_identical_redrop_requests_nothing_and_a_changed_file_does(home):
 
         # with the cursor lost, the same files give the same run keys: Dagster dedups those runs
         reset = tick(cdr_drop_sensor, instance, None)
-        assert {r.run_key for r in reset.run_requests} == {r.run_key for r in first.run_requests}
+        assert {r.run_key for r in ingest(reset)} == {r.run_key for r in ingest(first)}
 
         with path.open("a") as fh:  # a late append changes size and mtime: its days run again
             fh.write(cdr_line("x3", "2026-11-06"))
         os.utime(path, ns=(BASE_NS + 10, BASE_NS + 10))
         changed = tick(cdr_drop_sensor, instance, redrop.cursor)
         assert sorted(partitions(changed)) == ["2026-11-05|operator_c", "2026-11-06|operator_c"]
-        assert not {r.run_key for r in changed.run_requests} & {r.run_key for r in first.run_requests}
+        assert not {r.run_key for r in ingest(changed)} & {r.run_key for r in ingest(first)}
 
 
 def test_unknown_operator_and_bad_files_are_quarantined_with_a_reason(home):
     drop(home, "operator_zz", "calls.csv", HEADER + cdr_line("z1", "2026-11-01"), BASE_NS)
     drop(home, "operator_c", "broken.csv.gz", "this is not gzip", BASE_NS + 1)
-    drop(home, "operator_c", "ancient.csv", HEADER + cdr_line("old", "2019-01-01"), BASE_NS + 2)
+    drop(home, "operator_c", "ancient.csv", HEADER + cdr_line("old", "1999-01-01"), BASE_NS + 2)
     drop(home, "operator_c", "notes.txt", "hello", BASE_NS + 3)
     drop(home, "operator_c", "empty.csv", "", BASE_NS + 4)
     drop(home, "operator_c", ".upload.csv.part", "half a fi", BASE_NS + 5)
@@ -169,9 +175,9 @@ def test_requested_partitions_exist_once_the_tick_adds_its_days(home):
         result = tick(cdr_drop_sensor, instance, None)
         (add,) = result.dynamic_partitions_requests
         instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
-        keys = [r.partition_key for r in result.run_requests]
+        keys = [r.partition_key for r in ingest(result)]
         assert keys and set(map(str, keys)) <= set(cdr_partitions.get_partition_keys(dynamic_partitions_store=instance))
-        assert result.run_requests[0].partition_key.keys_by_dimension == {"operator": "operator_c", "date": "2026-11-03"}
+        assert ingest(result)[0].partition_key.keys_by_dimension == {"operator": "operator_c", "date": "2026-11-03"}
 
 
 def test_a_config_newer_than_the_code_location_holds_only_its_folder(home, tmp_path, monkeypatch):
@@ -206,3 +212,44 @@ def test_a_file_moved_in_with_an_old_mtime_is_still_seen(home, tmp_path):
         shutil.move(old, home / "landing" / "operator_c" / "old.csv")
         moved = tick(cdr_drop_sensor, instance, first.cursor)
         assert partitions(moved) == ["2026-11-04|operator_c"]
+
+
+def test_a_silent_feed_is_overdue_with_its_last_file_and_its_return_gets_checked(home, monkeypatch):
+    """landing/<operator> is observed with its newest file's arrival; a feed silent for longer than
+    VOICEFW_FEED_MAX_SILENCE_H fails Dagster's freshness check with that time; when files come
+    back, the drop sensor asks for the check to run again."""
+    from datetime import datetime, timezone
+
+    from dagster import AssetKey, AssetSelection, build_last_update_freshness_checks, materialize
+
+    from voicefw_assets.assets.feeds import feed_key, feed_specs
+
+    monkeypatch.setenv("VOICEFW_FEED_MAX_SILENCE_H", str(1 / 3600))  # one second
+    first = drop(home, "operator_c", "a.csv", HEADER + cdr_line("f1", "2026-11-02"), time.time_ns())
+    arrived = max(first.stat().st_mtime_ns, first.stat().st_ctime_ns)
+    checks = build_last_update_freshness_checks(assets=[feed_key("operator_c")], lower_bound_delta=timedelta(seconds=1))
+    with instance_for_test() as instance:
+        t1 = tick(cdr_drop_sensor, instance, None)
+        (obs,) = t1.asset_events
+        meta = {k: v.value for k, v in obs.metadata.items()}
+        assert obs.asset_key == AssetKey(["landing", "operator_c"]) and meta["last_file"] == "a.csv"
+        assert meta["dagster/last_updated_timestamp"] == pytest.approx(arrived / 1e9, abs=1e-3)
+        assert {r.job_name for r in t1.run_requests} == {"ingest_cdrs", "check_feed_freshness"}  # first files of the feed
+        instance.report_runless_asset_event(obs)
+
+        time.sleep(1.5)  # silent for longer than allowed: re-observed, same last file
+        t2 = tick(cdr_drop_sensor, instance, t1.cursor)
+        assert not t2.run_requests and [e.asset_key for e in t2.asset_events] == [feed_key("operator_c")]
+        assert t2.asset_events[0].metadata["last_file"].value == "a.csv"
+        instance.report_runless_asset_event(t2.asset_events[0])
+        result = materialize([*feed_specs, *checks], selection=AssetSelection.checks(*checks), instance=instance, raise_on_error=False)
+        (evaluation,) = result.get_asset_check_evaluations()
+        assert not evaluation.passed and "overdue" in evaluation.description
+        assert evaluation.metadata["dagster/last_updated_timestamp"].value == pytest.approx(arrived / 1e9, abs=1e-3)
+        stamp = datetime.fromtimestamp(arrived / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
+        assert t2.asset_events[0].metadata["last_file_arrived"].value == stamp
+
+        drop(home, "operator_c", "b.csv", HEADER + cdr_line("f2", "2026-11-03"), time.time_ns())
+        t3 = tick(cdr_drop_sensor, instance, t2.cursor)
+        (recheck,) = [r for r in t3.run_requests if r.job_name == "check_feed_freshness"]
+        assert [k.asset_key for k in recheck.asset_check_keys] == [feed_key("operator_c")]

@@ -19,6 +19,7 @@ from datetime import date
 
 from dagster import (
     AssetCheckKey,
+    AssetCheckSeverity,
     AssetKey,
     AssetSelection,
     DagsterInstance,
@@ -129,10 +130,15 @@ def _check_reason(evaluation) -> str:
 
 def summarize(result, run: PlannedRun) -> Outcome:
     lines = []
+    warned = []
     for e in result.get_asset_check_evaluations():
         if not e.passed:
             where = f" [{e.partition}]" if e.partition else ""
-            lines.append(f"check {e.asset_key.to_user_string()}:{e.check_name}{where} failed: {_check_reason(e)}")
+            name = f"{e.asset_key.to_user_string()}:{e.check_name}{where}"
+            if e.severity == AssetCheckSeverity.WARN:  # e.g. a candidate model the gate rejected: the old one serves on
+                warned.append(f"check {name} warns: {_check_reason(e)}")
+            else:
+                lines.append(f"check {name} failed: {_check_reason(e)}")
     for event in result.get_step_failure_events():
         error = event.step_failure_data.error if event.step_failure_data else None
         if error is None or error.cls_name == "DagsterAssetCheckFailedError":
@@ -144,7 +150,7 @@ def summarize(result, run: PlannedRun) -> Outcome:
     if left and lines:
         lines.append(f"not materialized: {', '.join(left)} (its upstream failed or a blocking check did not pass)")
     ok = result.success and not any(line.startswith("check ") for line in lines)
-    return Outcome(ok, lines, result.run_id)
+    return Outcome(ok, warned + lines, result.run_id)
 
 
 def execute(run: PlannedRun, defs: Definitions, instance: DagsterInstance, tags: dict[str, str], log_level: str):
