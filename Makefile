@@ -28,9 +28,12 @@ run: setup
 	@echo "voicefw lives in $(BIN)/ (source $(BIN)/activate to call it as voicefw); its Dagster instance is DAGSTER_HOME=$(DAGSTER_HOME)"
 	$(BIN)/voicefw up
 
-## test: set up, check the Dagster definitions load (dg check defs), run the test suite (installs and starts a throwaway PostgreSQL for the Postgres tests)
+## test: set up, check the Dagster definitions load (dg check defs), run the test suite (installs PostgreSQL
+## and Redis for throwaway test servers, and kamailio + sipp for the real-switch tests)
 test: setup
 	bash .ci/postgres.sh install
+	bash .ci/redis.sh install
+	bash .ci/switches.sh install
 	tmp=$$(mktemp -d) && echo "telemetry: {enabled: false}" > $$tmp/dagster.yaml && DAGSTER_HOME=$$tmp $(BIN)/dg check defs; status=$$?; rm -rf $$tmp; exit $$status
 	$(BIN)/python -m pytest
 

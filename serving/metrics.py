@@ -1,5 +1,6 @@
 """Prometheus metrics of one service process, in their own registry (one per app, so tests can
-build several apps in one process). With several workers each process reports its own series.
+build several apps in one process). With several workers each process reports its own series,
+labelled by `voicefw_worker{pid}`; a scrape reaches one worker (sum over scrapes by pid).
 
 The request path only adds to plain ints and lists (no locks, no label lookups: prometheus_client's
 Counter.inc / Histogram.observe cost ~2 µs each and a request made five of them); a collector turns
@@ -32,8 +33,12 @@ class ServiceMetrics:
         self.swaps = 0
         self.refusals = 0
         self.model_version: str | None = None
-        self.registry = CollectorRegistry()
-        self.registry.register(self)
+        self.store_errors = 0  # requests answered 503 because the online store failed
+        self.store = None  # the HistoryStore (kind, health)
+        self.registry = None  # the ModelRegistry (is the newest promoted bundle refused?)
+        self.worker_pid: int | None = None
+        self._prometheus = CollectorRegistry()
+        self._prometheus.register(self)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         key = (endpoint, status)
@@ -75,9 +80,22 @@ class ServiceMetrics:
         yield CounterMetricFamily("voicefw_model_swaps", "Models installed (first load included)", value=self.swaps)
         yield CounterMetricFamily("voicefw_model_refusals", "Bundles refused (checksum, load or golden rows)",
                                   value=self.refusals)
+        newest_refused = getattr(self.registry, "newest_refused", None)
+        yield GaugeMetricFamily("voicefw_model_fallback", "1 while the newest promoted bundle is refused and an older "
+                                "one serves", value=int(newest_refused is not None and self.model_version is not None))
+        if self.store is not None:
+            up = GaugeMetricFamily("voicefw_store_up", "1 when the online store answers and is seeded", labels=["kind"])
+            up.add_metric([self.store.kind], int(self.store.health() is None))
+            yield up
+        yield CounterMetricFamily("voicefw_store_errors", "Requests answered 503 because the online store failed",
+                                  value=self.store_errors)
+        worker = GaugeMetricFamily("voicefw_worker", "The worker process answering this scrape", labels=["pid"])
+        if self.worker_pid is not None:
+            worker.add_metric([str(self.worker_pid)], 1)
+        yield worker
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._prometheus)
 
 
 class MetricsMiddleware:

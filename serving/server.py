@@ -1,20 +1,20 @@
 """Run the scoring service under uvicorn (`voicefw serve` calls run_server).
 
-One worker is the default and the recommendation: the online history is per process, so with N
-workers each would see only the calls routed to it and the history features would undercount
-(by about a factor N). One uvicorn worker with uvloop + httptools uses ~110-160 µs of CPU per
-single-call request and ~30-45 µs per call in batches (benchmarks/serving.py, docs/serving.md);
-scale out by running one sidecar per switch or per operator, each with its own exact history,
-rather than by adding workers to one sidecar.
+Workers: with the in-process history (VOICEFW_ONLINE_STORE=memory, the default) exactly one, since
+N workers would each see ~1/N of the calls; with the Redis store (`redis://host:port/db`) any
+number, every worker and replica sharing one history and one set of rate-limit counters.
+
+Client addresses: uvicorn rewrites the peer from X-Forwarded-For only for requests from
+VOICEFW_TRUSTED_PROXIES (none by default). Its own default would trust 127.0.0.1, so a local
+client could rotate the header to escape the per-client rate limit.
 """
 
 from __future__ import annotations
 
-import logging
-
 import uvicorn
 
 from serving.api import create_app
+from serving.settings import ServingSettings
 
 
 def app_factory():
@@ -22,12 +22,23 @@ def app_factory():
     return create_app()
 
 
+def uvicorn_options(settings: ServingSettings) -> dict:
+    """The uvicorn settings every way of running the service uses (here, tests, benchmark)."""
+    trusted = settings.trusted_proxies
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": ",".join(trusted) if trusted else "",
+            "access_log": False, "lifespan": "on", "server_header": False}
+
+
+def check_workers(settings: ServingSettings, workers: int) -> None:
+    if workers > 1 and settings.online_store == "memory":
+        raise SystemExit(
+            f"--workers {workers} needs a shared online store: set VOICEFW_ONLINE_STORE=redis://host:port/db "
+            "(with the in-process history each worker would see only part of the calls)")
+
+
 def run_server(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    if workers > 1:
-        logging.getLogger("voicefw.serving").warning(
-            "%d workers: each keeps its own call history, so history features see only ~1/%d of the calls",
-            workers, workers,
-        )
+    settings = ServingSettings.from_env()
+    check_workers(settings, workers)
     uvicorn.run(
         "serving.server:app_factory",
         factory=True,
@@ -36,9 +47,8 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> N
         workers=workers,
         loop="uvloop",
         http="httptools",
-        access_log=False,
         log_level="info",
-        lifespan="on",
+        **uvicorn_options(settings),
     )
 
 

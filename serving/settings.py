@@ -37,7 +37,10 @@ class ServingSettings:
     poll_interval_s: float = 10.0  # how often the Dagster instance is asked for a newer serving_model
     max_batch: int = 1000  # calls per /v1/score/batch request
     max_body_bytes: int = 1_000_000
-    rate_limit: tuple[str, int] | None = ("second", 20_000)  # per client address, per worker
+    rate_limit: tuple[str, int] | None = ("second", 20_000)  # per API key, else per client address
+    online_store: str = "memory"  # or redis://host:port/db (shared by workers, replicas and restarts)
+    store_timeout_s: float = 0.5  # per Redis call; a dead or stuck Redis never stalls a request longer
+    trusted_proxies: tuple[str, ...] = ()  # addresses/CIDRs whose X-Forwarded-For is believed (uvicorn)
     flag_threshold: float | None = None  # None: the bundle's thresholds
     block_threshold: float | None = None
     top_reasons: int = 3
@@ -57,4 +60,7 @@ class ServingSettings:
             block_threshold=_float_or_none("VOICEFW_BLOCK_THRESHOLD"),
             top_reasons=int(os.environ.get("VOICEFW_TOP_REASONS", "3")),
             reasons_for=_reasons_for(os.environ.get("VOICEFW_REASONS", "flagged")),
+            online_store=os.environ.get("VOICEFW_ONLINE_STORE", "memory").strip() or "memory",
+            store_timeout_s=float(os.environ.get("VOICEFW_STORE_TIMEOUT_S", "0.5")),
+            trusted_proxies=tuple(p.strip() for p in os.environ.get("VOICEFW_TRUSTED_PROXIES", "").split(",") if p.strip()),
         )

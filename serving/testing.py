@@ -1,13 +1,16 @@
 """Run the service for real on 127.0.0.1 (tests and the benchmark): in a thread, or as `run_server`
-in a child process. Both bind a free port and wait until the server answers."""
+in a child process, both on a free port, waiting until the server answers; and a throwaway
+redis-server (a free loopback port, a temp dir; `.ci/redis.sh install` puts the binary there)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,6 +19,7 @@ import httpx
 import uvicorn
 
 REPO = Path(__file__).resolve().parent.parent
+REDIS_SETUP = REPO / ".ci" / "redis.sh"
 
 
 def free_port() -> int:
@@ -45,10 +49,10 @@ class ServerThread:
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-                           loop="asyncio", access_log=False)
-        )
+        from serving.server import uvicorn_options
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    loop="asyncio", **uvicorn_options(app.service.settings)))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ServerThread:
@@ -93,3 +97,55 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        subprocess.run(["bash", str(REDIS_SETUP), "install"], check=True, stdin=subprocess.DEVNULL)
+        found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("redis-server not found after .ci/redis.sh install")
+    return found
+
+
+class RedisServer:
+    def __init__(self, persist: bool = False) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="voicefw-redis-"))
+        self.port = free_port()
+        self.persist = persist
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--save", "", "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
+                "--protected-mode", "no", "--logfile", str(self.dir / "redis.log")]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        log = self.dir / "redis.log"
+        raise RuntimeError(f"redis-server did not start: {log.read_text() if log.exists() else ''}")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a shutdown."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)

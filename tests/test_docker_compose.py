@@ -18,7 +18,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
-APP_SERVICES = {"codeserver", "webserver", "daemon", "serving"}
+APP_SERVICES = {"codeserver", "webserver", "daemon", "serving_a", "serving_b"}
+SERVING = ("serving_a", "serving_b")
 
 
 def interpolate(value):
@@ -80,7 +81,7 @@ def in_image(container_path: str) -> Path | None:
 
 
 def test_services_and_their_wiring(services):
-    assert set(services) == {"postgres", *APP_SERVICES}
+    assert set(services) == {"postgres", "redis", *APP_SERVICES}
     pg = services["postgres"]
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
     for name in APP_SERVICES:
@@ -100,7 +101,30 @@ def test_services_and_their_wiring(services):
         assert (REPO / svc["build"]["dockerfile"]).exists()
     for name in ("webserver", "daemon"):
         assert services[name]["depends_on"]["codeserver"]["condition"] == "service_healthy"
-    assert "3000:3000" in services["webserver"]["ports"] and "8000:8000" in services["serving"]["ports"]
+    assert "3000:3000" in services["webserver"]["ports"]
+    assert {p for name in SERVING for p in services[name]["ports"]} == {"8000:8000", "8001:8000"}
+
+
+def test_two_scoring_replicas_share_one_persistent_redis(services):
+    """Both replicas (2 workers each) use the same Redis, which keeps an append-only file on a
+    volume; their store URL is one the service accepts."""
+    from serving.history_store import open_store
+
+    redis = services["redis"]
+    assert "redis-cli" in redis["healthcheck"]["test"] and "--appendonly" in redis["command"]
+    assert redis["volumes"] == ["redis_data:/data"]
+    urls = set()
+    for name in SERVING:
+        svc = services[name]
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+        argv = svc["command"]
+        assert int(argv[argv.index("--workers") + 1]) >= 2
+        url = svc["environment"]["VOICEFW_ONLINE_STORE"]
+        store = open_store(url)  # parses the URL; connects lazily
+        assert store.kind == "redis" and store.url_safe == "redis://redis:6379/0"
+        urls.add(url)
+        assert svc["environment"]["VOICEFW_TRUSTED_PROXIES"] == ""  # no forwarded-for trusted by default
+    assert len(urls) == 1
 
 
 def test_every_copied_file_exists():
@@ -170,7 +194,7 @@ def test_dagster_commands_parse_with_dagsters_own_cli(service, services, pyproje
 
 
 def test_serving_command_is_the_declared_voicefw_script(services, pyproject):
-    argv = services["serving"]["command"]
+    argv = services["serving_a"]["command"]
     assert _console_script(argv[0], pyproject) == "voicefw_assets.cli:main"
     script = Path(sys.executable).parent / "voicefw"
     out = subprocess.run([str(script), *argv[1:2], "--help"], capture_output=True, text=True, timeout=120)

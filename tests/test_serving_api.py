@@ -198,7 +198,7 @@ def test_registry_refuses_models_it_cannot_serve(world, tmp_path) -> None:
     registry = app.service.registry
     good = registry.load(path)
     assert good is not None and registry.current is good
-    history = app.service.history
+    history = app.service.store.history
 
     names = list(FEATURE_NAMES) + ["mystery_feature"]
     rng = np.random.default_rng(0)
@@ -218,4 +218,4 @@ def test_registry_refuses_models_it_cannot_serve(world, tmp_path) -> None:
     # a healthy second model swaps in and the live history object is kept
     _, second = build_bundle(tmp_path / "models2", calls, seed=5)
     assert registry.load(second) is not None and registry.current.bundle.path == second
-    assert app.service.history is history and registry.swaps == 2
+    assert app.service.store.history is history and registry.swaps == 2

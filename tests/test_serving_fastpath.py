@@ -51,21 +51,36 @@ def test_fast_path_answers_byte_for_byte_like_litestar(bundle_path) -> None:
     assert answers[0][6][1] == b'{"operator":"operator_a","call_id":"c0","observed":true}'
 
 
-def test_everything_the_fast_path_would_not_answer_goes_to_litestar(bundle_path) -> None:
-    settings = ServingSettings(api_keys=frozenset({"k"}), rate_limit=("minute", 6), max_batch=3, max_body_bytes=3000)
+def test_refusals_are_the_same_through_both_paths(bundle_path) -> None:
+    """Every refusal, plain (the ASGI shortcut) and with `?explain=false` (Litestar's handler), has the
+    same status and the same bytes; 401 and 413 are not counted against the rate limit, other
+    refusals are, and the limit's 429 comes before a field error."""
+    settings = ServingSettings(api_keys=frozenset({"k"}), rate_limit=("minute", 9), max_batch=3, max_body_bytes=3000)
     ok = {"Authorization": "Bearer k"}
-    with _serve(bundle_path, settings) as srv, httpx.Client(base_url=srv.url) as client:
-        assert client.post("/v1/score", json=CALLS[0]).status_code == 401  # no key
-        r = client.post("/v1/score", json=dict(CALLS[0], b_number="x"), headers=ok)
-        assert (r.status_code, r.json()["field"]) == (422, "b_number")
-        r = client.post("/v1/score/batch", json={"calls": CALLS[:4]}, headers=ok)
-        assert (r.status_code, r.json()["field"]) == (422, "calls")  # over max_batch
-        assert client.post("/v1/score/batch", json={"calls": [dict(CALLS[0], ingress_trunk="x" * 3000)]},
-                           headers=ok).status_code == 413
-        end = {"operator": "operator_a", "call_id": "c0", "end_time": "2026-03-03T10:00:05Z", "answered": "no"}
-        r = client.post("/v1/calls/end", json=end, headers=ok)  # lax Litestar still refuses a string here
-        assert (r.status_code, r.json()["field"]) == (422, "answered")
-        r = client.post("/v1/score", content=b'{"operator": ', headers={**ok, "content-type": "application/json"})
-        assert (r.status_code, r.json()["field"]) == (400, "body")
-        # all six requests above counted against the limit (Litestar counts before it validates)
-        assert client.post("/v1/score", json=CALLS[1], headers=ok).status_code == 429
+    end = {"operator": "operator_a", "call_id": "c0", "end_time": "2026-03-03T10:00:05Z", "answered": "no"}
+    cases = [
+        ("/v1/score", {"json": CALLS[0]}, 401, None),
+        ("/v1/score", {"json": CALLS[0], "headers": {"Authorization": "Bearer nope"}}, 401, None),
+        ("/v1/score/batch", {"json": {"calls": [dict(CALLS[0], ingress_trunk="x" * 3000)]}, "headers": ok}, 413, "body"),
+        ("/v1/score", {"json": dict(CALLS[0], b_number="x"), "headers": ok}, 422, "b_number"),
+        ("/v1/score/batch", {"json": {"calls": CALLS[:4]}, "headers": ok}, 422, "calls"),
+        ("/v1/calls/end", {"json": end, "headers": ok}, 422, "answered"),
+        ("/v1/score", {"content": b'{"operator": ', "headers": {**ok, "content-type": "application/json"}}, 400, "body"),
+    ]
+    answers = []
+    for query in ({}, {"explain": "false"}):
+        with _serve(bundle_path, settings) as srv, httpx.Client(base_url=srv.url) as client:
+            got = []
+            for path, kwargs, status, field in cases:
+                r = client.post(path, params=query, **kwargs)
+                assert r.status_code == status and r.json()["field"] == field, (path, r.status_code, r.text)
+                assert r.json()["errors"] or status == 401
+                got.append(r.content)
+            assert b"the limit is 3000 bytes" in got[2]
+            # 4 counted refusals above + 5 accepted = 9: the 10th request is over the limit
+            assert [client.post("/v1/score", json=dict(CALLS[1], call_id=f"q{i}"), params=query, headers=ok).status_code
+                    for i in range(6)] == [200] * 5 + [429]
+            r = client.post("/v1/score", json=dict(CALLS[0], b_number="x"), params=query, headers=ok)
+            assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+            answers.append(got)
+    assert answers[0] == answers[1]

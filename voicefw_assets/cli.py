@@ -11,6 +11,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+from voicefw_assets import export_ranges
 from voicefw_assets.instance import ensure_dagster_home, quiet_dagster_warnings
 from voicefw_assets.settings import REPO_ROOT, paths
 
@@ -105,22 +106,21 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from dagster import AssetKey, AssetMaterialization, DagsterInstance
 
     from resources import ModelStore
-    from voicefw_assets.model_bundle import BundleError, load_bundle
+    from voicefw_assets.bundle_verify import verify_in_child
 
     path = ModelStore().models_dir / args.version
-    try:
-        bundle = load_bundle(path)  # every file's sha256, then the golden rows
-    except (BundleError, OSError) as exc:
-        print(f"refused: {path}: {exc}", file=sys.stderr)
+    verdict = verify_in_child(path)  # checksums, parse, golden rows, in a child: a LightGBM abort is a refusal
+    if not verdict.ok:
+        print(f"refused: {path}: {verdict.reason}", file=sys.stderr)
         return 2
     DagsterInstance.get().report_runless_asset_event(
         AssetMaterialization(
             asset_key=AssetKey("serving_model"),
             description=f"promoted by hand: {args.reason}",
-            metadata={"bundle_path": str(path), "version": bundle.version, "promoted_by": "voicefw promote", "reason": args.reason},
+            metadata={"bundle_path": str(path), "version": verdict.version, "promoted_by": "voicefw promote", "reason": args.reason},
         )
     )
-    print(f"serving_model -> {bundle.version} ({path}); the service swaps on its next poll")
+    print(f"serving_model -> {verdict.version} ({path}); the service swaps on its next poll")
     return 0
 
 
@@ -213,10 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", default="manual promotion", help="recorded with the materialization")
     p.set_defaults(func=cmd_promote)
 
+    p = sub.add_parser("export-ranges", help="write a day's suspicious ranges as a CSV or a Kamailio/OpenSIPS dialplan table")
+    export_ranges.add_arguments(p)
+    p.set_defaults(func=export_ranges.run)
+
     p = sub.add_parser("serve", help="run the scoring service")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1,
+                   help="uvicorn worker processes; more than 1 needs VOICEFW_ONLINE_STORE=redis://host:port/db")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("up", help="Dagster UI + daemon and the scoring service")

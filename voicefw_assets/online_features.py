@@ -327,10 +327,15 @@ class OnlineHistory:
         FEATURE_NAMES order (counts may be ints)."""
         return self._row(operator, start, a_number, b_number, ingress_trunk, call_id)
 
-    def observe_end(self, end: dict) -> None:
+    def observe_end(self, end: dict) -> bool:
         """Record a call's end: operator, call_id, end_time (UTC datetime), answered, ring_s.
-        Ends of calls never started here (or already evicted) are ignored."""
-        self._end(end["operator"], end["call_id"], to_us(end["end_time"]), bool(end.get("answered")), end.get("ring_s"))
+        Ends of calls never started here (or already ended or evicted) are ignored: returns False."""
+        return self._end(end["operator"], end["call_id"], to_us(end["end_time"]), bool(end.get("answered")),
+                         end.get("ring_s"))
+
+    def setup_row(self, operator: str, start: datetime, a_number: str | None, b_number: str | None) -> list:
+        """The setup part of a feature row (SETUP_FEATURES order), for stores that keep the history elsewhere."""
+        return self._setup_row(operator, start, a_number, b_number)
 
     def size(self) -> int:
         """Number of (key, start) entries held: for memory monitoring."""
@@ -408,10 +413,10 @@ class OnlineHistory:
         if t > self._watermark:
             self._advance(t)
 
-    def _end(self, operator: str, call_id: str, t_end: int, answered: bool, ring_s: float | None) -> None:
+    def _end(self, operator: str, call_id: str, t_end: int, answered: bool, ring_s: float | None) -> bool:
         record = self._open.pop((operator, call_id), None)
         if record is None:
-            return
+            return False
         t_start, hists, _ = record
         su = int(is_short_unanswered(answered, ring_s))
         t = max(t_end, t_start)
@@ -420,6 +425,7 @@ class OnlineHistory:
         self._queue.append((t, hists, None))
         if t_end > self._watermark:
             self._advance(t_end)
+        return True
 
     def _advance(self, t: int) -> None:
         """Move the watermark and evict what fell out of the largest window (amortized O(1):
