@@ -68,7 +68,7 @@ feed_freshness_checks = build_last_update_freshness_checks(
 
 feed_freshness_sensor = build_sensor_for_freshness_checks(
     freshness_checks=feed_freshness_checks,
-    minimum_interval_seconds=int(os.environ.get("VOICEFW_FEED_CHECK_INTERVAL_S", "300")),
+    minimum_interval_seconds=int(os.environ.get("VOICEFW_FEED_CHECK_INTERVAL_S", "900")),
     name="feed_freshness_sensor",
     default_status=DefaultSensorStatus.RUNNING,
 )
