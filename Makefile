@@ -25,15 +25,17 @@ run: setup
 		$(BIN)/voicefw simulate --days $(DAYS) --calls-per-day $(CALLS_PER_DAY) --seed $(SEED); \
 	else echo "$(VOICEFW_HOME)/landing already has drops: not simulating again (make clean starts over)"; fi
 	@# simulated drops are published by rename, complete: no need to wait VOICEFW_SETTLE_S for them
-	VOICEFW_SETTLE_S=0 $(BIN)/voicefw materialize || echo "*** some runs failed or a check did not pass: the UI below shows which ***"
+	VOICEFW_SETTLE_S=0 $(BIN)/voicefw materialize || echo "*** some runs failed or a check did not pass: the lines above and the UI say which ***"
+	@echo "voicefw lives in $(BIN)/ (source $(BIN)/activate to call it as voicefw); its Dagster instance is DAGSTER_HOME=$(DAGSTER_HOME)"
 	$(BIN)/voicefw up
 
-## test: set up and run the test suite (installs PostgreSQL and Redis for throwaway test servers,
-## and kamailio + sipp for the real-switch tests)
+## test: set up, check the Dagster definitions load (dg check defs), run the test suite (installs PostgreSQL
+## and Redis for throwaway test servers, and kamailio + sipp for the real-switch tests)
 test: setup
 	bash .ci/postgres.sh install
 	bash .ci/redis.sh install
 	bash .ci/switches.sh install
+	tmp=$$(mktemp -d) && echo "telemetry: {enabled: false}" > $$tmp/dagster.yaml && DAGSTER_HOME=$$tmp $(BIN)/dg check defs; status=$$?; rm -rf $$tmp; exit $$status
 	$(BIN)/python -m pytest
 
 simulate: setup
@@ -43,7 +45,7 @@ materialize: setup
 	$(BIN)/voicefw materialize
 
 ui: setup
-	$(BIN)/dagster dev -w workspace.yaml -p 3000
+	$(BIN)/dg dev -w workspace.yaml --port 3000 --log-level warning
 
 clean:
 	rm -rf data .dagster_home

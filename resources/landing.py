@@ -44,7 +44,9 @@ class LandedFile:
     mtime_ns: int
     ctime_ns: int = 0
     kind: str = "file"  # file | symlink | fifo | socket | device | other (only "file" is ever read)
-    stable: bool = True  # unmodified for the settle time when listed
+    # unmodified for the settle time when listed, by ctime: every write moves it, on this host's clock
+    # (an mtime can come from another host's clock, or be set back by `cp -p` / `rsync -t`)
+    stable: bool = True
 
     @property
     def fingerprint(self) -> str:
@@ -150,7 +152,7 @@ class LandingZone(ConfigurableResource):
             if stat.S_ISDIR(st.st_mode):
                 continue
             out.append(LandedFile(operator, Path(e.path), st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                  _kind(st.st_mode), now_ns - st.st_mtime_ns >= settle_ns))
+                                  _kind(st.st_mode), now_ns - st.st_ctime_ns >= settle_ns))
         return sorted(out)
 
     def unmatched_files(self, operator: str, patterns: tuple[str, ...]) -> list[LandedFile]:

@@ -1,11 +1,12 @@
 """Declarative automation on the real definitions and a real instance: what follows an ingest run."""
 
-from dagster import AssetKey, DagsterInstance, MultiPartitionKey, evaluate_automation_conditions, materialize
+from dagster import AssetKey, DagsterInstance, evaluate_automation_conditions, materialize
 
 from resources import default_resources
 from voicefw_assets.assets import modeling
 from voicefw_assets.assets.ingest import ingest_assets
 from voicefw_assets.definitions import defs
+from voicefw_assets.partitions import add_days, operator_day
 
 from tests.test_ingest_dagster import HEADER_C, c_rows
 from tests.test_mapping import land
@@ -21,9 +22,10 @@ def test_an_ingested_day_brings_its_features_and_labels_and_a_first_training(hom
     assert first.total_requested == 0  # nothing landed, nothing to do
 
     land(home, "operator_c", "a.csv", HEADER_C + c_rows("2026-11-03", 200, "x"))
+    add_days(instance, ["2026-11-03"])
     ingest = materialize(
         ingest_assets,
-        partition_key=MultiPartitionKey({"operator": "operator_c", "date": "2026-11-03"}),
+        partition_key=operator_day("operator_c", "2026-11-03"),
         resources=default_resources(),
         instance=instance,
     )

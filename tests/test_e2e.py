@@ -1,6 +1,7 @@
-"""End to end, as a user runs it: `dagster dev` (webserver + daemon) on a fresh home, files dropped
-into landing, the sensor's runs (and the automation) materialize the graph, and the webserver's
-GraphQL API shows the materializations and check results.
+"""End to end, as a user runs it: `dg dev` (webserver + daemon, what `voicefw up` starts) on a fresh
+home, files dropped into landing, the sensor's runs (and the automation) materialize the graph, the
+webserver's GraphQL API shows the materializations and check results, and once everything is done
+nothing runs again.
 
 Everything here is a real process: `dagster dev` from the repo's venv in its own process group,
 files moved into landing the way an uploader should (write elsewhere, then an atomic rename), and
@@ -24,7 +25,7 @@ import httpx
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
-from voicefw_assets.cli import LOCAL_DAGSTER_YAML
+from voicefw_assets.instance import LOCAL_DAGSTER_YAML
 from voicefw_assets.settings import REPO_ROOT
 from voicefw_assets.simulate import simulate
 
@@ -32,7 +33,7 @@ VENV_BIN = REPO_ROOT / ".venv" / "bin"
 LOCATION = "voicefw"
 REPOSITORY = "__repository__"
 SENSOR = "cdr_drop_sensor"
-UP_TIMEOUT_S = 90  # `dagster dev` up and the code location loaded
+UP_TIMEOUT_S = 90  # `dg dev` up and the code location loaded
 INGEST_TIMEOUT_S = 180  # drop -> every ingest run succeeded
 SCORED_TIMEOUT_S = 240  # ingest done -> scored_calls for every day
 SERVE_TIMEOUT_S = 60  # `voicefw serve` up with the promoted model
@@ -199,7 +200,7 @@ class Dagit:
                    metadataEntries { label __typename
                      ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue }
                      ... on TextMetadataEntry { text } ... on PathMetadataEntry { path } } } } } }""",
-            k={"path": [asset]},
+            k={"path": asset.split("/")},
         )
         node = data["assetOrError"]
         return node["assetMaterializations"] if node["__typename"] == "Asset" else []
@@ -208,7 +209,7 @@ class Dagit:
         data = self.query(
             """query($k: AssetKeyInput!, $c: String!) { assetCheckExecutions(assetKey: $k, checkName: $c, limit: 1000) {
                  partition status runId evaluation { success severity } } }""",
-            k={"path": [asset]},
+            k={"path": asset.split("/")},
             c=check,
         )
         return data["assetCheckExecutions"]
@@ -300,8 +301,8 @@ def deployment(tmp_path) -> Iterator[Deployment]:
     }
     port = free_port()
     dev = Proc.start(
-        "dagster dev",
-        [str(VENV_BIN / "dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        "dg dev",
+        [str(VENV_BIN / "dg"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "--host", "127.0.0.1", "--port", str(port)],
         env,
         tmp_path / "dagster_dev.log",
     )
@@ -363,20 +364,25 @@ def test_drop_to_scored_calls_through_dagster_dev(deployment: Deployment, tmp_pa
     assert sensor["sensorState"]["status"] == "RUNNING", "the drop sensor should be on by default"
     timings["up"] = time.monotonic() - t0
 
-    # 2. Files land; the sensor launches one ingest run per operator x day and they all succeed.
+    # 2. Files land; the sensor adds their days and launches ingest runs over partition ranges.
     assert drop(staging, dep.vf_home / "landing")
 
     def ingest_done() -> list[dict] | None:
         dep.dev.check_alive()
         dep.fail_on_failed_runs()
-        runs = [r for r in dagit.runs() if tag(r, "dagster/sensor_name") == SENSOR]
-        covered = {tag(r, "dagster/partition") for r in runs}
-        return runs if covered >= expected and all(r["status"] == "SUCCESS" for r in runs) else None
+        runs = [r for r in dagit.runs() if tag(r, "dagster/sensor_name") == SENSOR and r["jobName"] == "ingest_cdrs"]
+        done = {m["partition"] for m in dagit.materializations("mapped_cdrs")}
+        return runs if done >= expected and all(r["status"] == "SUCCESS" for r in runs) else None
 
     runs = wait_until("the sensor's ingest runs for every operator x day to succeed", ingest_done, INGEST_TIMEOUT_S, dep.diagnose, every_s=2)
     timings["ingested"] = time.monotonic() - t0
-    assert sorted(tag(r, "dagster/partition") for r in runs) == sorted(expected)  # one run each (run keys)
-    assert {r["jobName"] for r in runs} == {"ingest_cdrs"}
+    assert len(runs) < len(expected)  # partition ranges: fewer runs than operator-days
+
+    # The feeds got their first files: the sensor had their freshness checks evaluated, and they pass.
+    for op in sorted({k.split("|")[1] for k in expected}):
+        execs = wait_until(f"landing/{op}'s freshness check to run", lambda op=op: [
+            e for e in dagit.check_executions(f"landing/{op}", "freshness_check") if e["status"] != "IN_PROGRESS"], 60, dep.diagnose)
+        assert execs[0]["status"] == "SUCCEEDED", (op, execs)
     assert {dagit.client.get_run_status(r["runId"]).value for r in runs} == {"SUCCESS"}
 
     for asset in ("raw_cdrs", "mapped_cdrs", "rejected_cdrs"):
@@ -387,12 +393,11 @@ def test_drop_to_scored_calls_through_dagster_dev(deployment: Deployment, tmp_pa
         assert md["dagster/row_count"] > 0, m["partition"]
         assert md["raw_rows"] == raw[m["partition"]]["dagster/row_count"] == md["dagster/row_count"] + md["rejected_rows"], m
 
-    # Every blocking ingest check ran in every ingest run and passed. (Dagster records these
-    # executions without a partition, so they are matched to partitions through their run.)
-    partition_of = {r["runId"]: tag(r, "dagster/partition") for r in runs}
+    # Every blocking ingest check ran once per operator-day, recorded with its partition, and passed.
+    sensor_runs = {r["runId"] for r in runs}
     for check in INGEST_CHECKS:
-        execs = [e for e in dagit.check_executions("mapped_cdrs", check) if e["runId"] in partition_of]
-        assert sorted(partition_of[e["runId"]] for e in execs) == sorted(expected), check
+        execs = [e for e in dagit.check_executions("mapped_cdrs", check) if e["runId"] in sensor_runs and e["evaluation"]]
+        assert sorted(e["partition"] for e in execs) == sorted(expected), (check, execs)
         bad = [e for e in execs if e["status"] != "SUCCEEDED" or not e["evaluation"]["success"]]
         assert not bad, f"{check} did not pass: {bad}"
 
@@ -416,11 +421,22 @@ def test_drop_to_scored_calls_through_dagster_dev(deployment: Deployment, tmp_pa
     for check in MODEL_CHECKS:
         execs = [e for e in dagit.check_executions("flash_call_model", check) if e["runId"] in model_runs]
         assert execs and all(e["status"] == "SUCCEEDED" and e["evaluation"]["success"] for e in execs), (check, execs)
+    # 4. Nothing left to do: once the runs in flight end, neither the drop sensor nor the automation
+    # starts another one (three ticks of each at 5 s).
+    def settled() -> set[str] | None:
+        runs_now = dagit.runs()
+        return {r["runId"] for r in runs_now} if all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs_now) else None
+
+    before = wait_until("the last automation runs to finish", settled, SCORED_TIMEOUT_S, dep.diagnose, every_s=2)
+    time.sleep(15)
+    started = [r for r in dagit.runs() if r["runId"] not in before]
+    assert not started, f"runs started with nothing new to do: {[(r['jobName'], r['tags']) for r in started]}"
+
     promoted = max(dagit.materializations("serving_model"), key=lambda m: float(m["timestamp"]))
     version, bundle = metadata(promoted)["version"], metadata(promoted)["bundle_path"]
     assert Path(bundle).is_relative_to(dep.vf_home) and Path(bundle).exists(), bundle
 
-    # 4. The scoring service on the same homes finds the promoted model and scores a call with it.
+    # 5. The scoring service on the same homes finds the promoted model and scores a call with it.
     port = free_port()
     serve = Proc.start(
         "voicefw serve",

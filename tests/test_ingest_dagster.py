@@ -1,4 +1,5 @@
-"""The ingest assets as Dagster runs: checks, idempotency, concurrent runs, a fourth operator by YAML only."""
+"""The ingest assets as Dagster runs: one run for many operator-days with per-partition
+materializations and checks, idempotency, concurrent runs, a fourth operator by YAML only."""
 
 import os
 import shutil
@@ -6,10 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, MultiPartitionKey, materialize
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, materialize
 
 from resources import default_resources
 from voicefw_assets.assets.ingest import ingest_assets
+from voicefw_assets.partitions import add_days, range_tags
 from voicefw_assets.settings import REPO_ROOT
 
 from tests.test_mapping import asterisk_row, land
@@ -25,35 +27,43 @@ def c_rows(day: str, n: int, prefix: str) -> str:
     )
 
 
-def run_ingest(key: MultiPartitionKey):
-    return materialize(ingest_assets, partition_key=key, resources=default_resources(), instance=DagsterInstance.get())
+def run_ingest(operators: list[str], days: list[str]):
+    """One run over the operator x day rectangle, as `voicefw materialize` and a UI backfill launch it."""
+    instance = DagsterInstance.get()
+    add_days(instance, days)
+    return materialize(ingest_assets, tags=range_tags(operators, days), resources=default_resources(), instance=instance)
 
 
-def test_partition_run_records_checks_and_is_idempotent(home):
-    land(home, "operator_c", "a.csv", HEADER_C + c_rows("2026-11-02", 50, "x") + "broken,line\n")
-    key = MultiPartitionKey({"operator": "operator_c", "date": "2026-11-02"})
-    for _ in range(2):  # the second run rebuilds the partition and must find the same rows
-        result = run_ingest(key)
+def test_one_run_maps_many_days_with_per_partition_materializations_and_checks(home):
+    land(home, "operator_c", "a.csv", HEADER_C + c_rows("2026-11-02", 50, "x") + "broken,line\n" + c_rows("2026-11-03", 20, "y"))
+    days = ["2026-11-02", "2026-11-03"]
+    keys = [f"{d}|operator_c" for d in days]
+    for _ in range(2):  # the second run rebuilds the partitions and must find the same rows
+        result = run_ingest(["operator_c"], days)
         assert result.success
-        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-        assert checks == {"rows_reconcile": True, "unique_call_id": True, "times_inside_partition": True, "canonical_contract": True}
+        checks = {(c.check_name, c.partition): c.passed for c in result.get_asset_check_evaluations()}
+        names = ("rows_reconcile", "unique_call_id", "times_inside_partition", "canonical_contract")
+        assert checks == {(n, k): True for n in names for k in keys}  # each check once per partition, with it
         meta = {
-            m.asset_key.to_user_string(): {k: v.value for k, v in m.materialization.metadata.items()}
+            (m.asset_key.to_user_string(), m.partition): {k: v.value for k, v in m.materialization.metadata.items()}
             for m in result.get_asset_materialization_events()
         }
-        assert meta["raw_cdrs"]["dagster/row_count"] == 51
-        assert meta["mapped_cdrs"]["dagster/row_count"] == 50
-        assert meta["rejected_cdrs"]["dagster/row_count"] == 1
+        assert len(meta) == 6 == len(result.get_asset_materialization_events())  # 3 assets x 2 days, no duplicates
+        # the malformed line belongs to the file's first day, where it is rejected
+        assert [meta[("raw_cdrs", k)]["dagster/row_count"] for k in keys] == [51, 20]
+        assert [meta[("mapped_cdrs", k)]["dagster/row_count"] for k in keys] == [50, 20]
+        assert [meta[("rejected_cdrs", k)]["dagster/row_count"] for k in keys] == [1, 0]
     instance = DagsterInstance.get()
-    event = instance.get_latest_materialization_event(AssetKey("mapped_cdrs"))
-    assert event.dagster_event.partition == str(key)
+    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey("mapped_cdrs")), limit=10).records
+    assert sorted(r.partition_key for r in records) == sorted(keys * 2)
+    assert len({r.run_id for r in records}) == 2  # two runs, each covering both days
 
 
 def test_two_concurrent_runs_on_different_partitions_both_succeed(home):
     land(home, "operator_c", "d1.csv", HEADER_C + c_rows("2026-11-01", 5000, "p"))
     land(home, "operator_c", "d2.csv", HEADER_C + c_rows("2026-11-02", 5000, "q"))
     env = {**os.environ}
-    DagsterInstance.get().get_runs()  # an existing instance, as in any deployment (creates the SQLite schema once)
+    add_days(DagsterInstance.get(), ["2026-11-01", "2026-11-02"])  # an existing instance that knows the days
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "voicefw_assets.definitions",
@@ -111,7 +121,7 @@ def test_a_fourth_operator_is_one_yaml_file(home, tmp_path):
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
         )
         assert out.returncode == 0, out.stdout + out.stderr
-        assert "2026-11-01|operator_d -> ok" in out.stdout and "2026-11-02|operator_d -> ok" in out.stdout
+        assert "2026-11-01|operator_d...2026-11-02|operator_d (2 partitions) -> ok" in out.stdout, out.stdout
     import duckdb
 
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)

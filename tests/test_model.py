@@ -18,7 +18,7 @@ from resources.warehouse import Warehouse
 from tests.test_features import batch_features, make_mapped_cdrs, online_features
 from voicefw_assets.model_bundle import BundleError, feature_row, load_bundle, score_matrix, verify_bundle
 from voicefw_assets.online_features import OnlineHistory
-from voicefw_assets.partitions import cdr_partitions
+from voicefw_assets.partitions import add_days, cdr_partitions
 from voicefw_assets.settings import paths
 
 warnings.filterwarnings("ignore", category=Warning, module="dagster")
@@ -34,6 +34,7 @@ def _resources():
 
 
 def _build_days(instance, days):
+    add_days(instance, days)  # the day partitions are dynamic: they exist once data for them landed
     for day in days:
         r = materialize([MAPPED, M.call_features, M.call_labels], selection=[M.call_features, M.call_labels],
                         partition_key=day, resources=_resources(), instance=instance)

@@ -1,4 +1,5 @@
-"""The docker deployment's dagster.yaml, for real: Postgres storage, a sensor tick, ingest runs.
+"""The docker deployment's dagster.yaml, for real: Postgres storage, the drop sensor, ingest runs,
+and the daemon of that deployment (`dagster-daemon run`, as its container runs it).
 
 DAGSTER_HOME holds a copy of docker/dagster.yaml (storage from DAGSTER_PG_* env vars); the
 server is the throwaway cluster from tests/postgres.py, a fresh database per test.
@@ -8,20 +9,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, Definitions, build_sensor_context
-from dagster._core.scheduler.instigation import InstigatorType, SensorInstigatorData, TickStatus
 
 from resources import default_resources
-from resources.warehouse import WAREHOUSE_POOL
-from sensors import build_cdr_drop_sensor, cdr_drop_sensor
+from sensors import cdr_drop_sensor
 from tests.postgres import PostgresServer
 from voicefw_assets.assets.ingest import ingest_assets, ingest_job
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
 HEADER = "call_id,time_start,time_connect,time_end,src_number,dst_number,orig_gw,term_gw,sip_code,q850_cause,disconnect_initiator,duration,ring_ms\n"
 
 
@@ -60,31 +62,29 @@ def test_docker_dagster_yaml_stores_runs_and_events_in_postgres(pg_instance, pos
         + cdr("c3", "2026-11-02T08:30:00+00:00", "486")
     )
 
-    # one sensor tick, evaluated against the Postgres-backed instance
+    # one sensor tick, evaluated against the Postgres-backed instance: one run for both days
     tick = cdr_drop_sensor(build_sensor_context(instance=instance, resources=default_resources()))
-    keys = sorted(str(r.partition_key) for r in tick.run_requests)
-    assert keys == ["2026-11-01|operator_c", "2026-11-02|operator_c"]
+    (request,) = [r for r in tick.run_requests if r.job_name == ingest_job.name]
+    (feed_check,) = [r for r in tick.run_requests if r.job_name != ingest_job.name]  # the feed's first files: check it
+    assert [k.asset_key.to_user_string() for k in feed_check.asset_check_keys] == ["landing/operator_c"]
+    assert request.tags["dagster/asset_partition_range_start"] == "2026-11-01|operator_c"
+    assert request.tags["dagster/asset_partition_range_end"] == "2026-11-02|operator_c"
+    (add_days,) = tick.dynamic_partitions_requests
+    instance.add_dynamic_partitions(add_days.partitions_def_name, list(add_days.partition_keys))  # what the daemon does
+    keys = ["2026-11-01|operator_c", "2026-11-02|operator_c"]
 
-    # the runs it requests, executed as the daemon would launch them
+    # the run it requests, executed as the daemon would launch it
     defs = Definitions(assets=ingest_assets, jobs=[ingest_job], sensors=[cdr_drop_sensor], resources=default_resources())
-    job = defs.resolve_job_def(ingest_job.name)
-    run_ids = []
-    for request in tick.run_requests:
-        result = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags)
-        assert result.success
-        run_ids.append(result.run_id)
+    result = defs.resolve_job_def(ingest_job.name).execute_in_process(instance=instance, tags=request.tags)
+    assert result.success
+    run_ids = [result.run_id]
 
     # read back through the instance ...
-    assert instance.get_materialized_partitions(AssetKey("mapped_cdrs")) == set(keys)
     records = instance.fetch_materializations(AssetKey("mapped_cdrs"), limit=100).records
     rows = {r.asset_materialization.partition: r.asset_materialization.metadata["dagster/row_count"].value for r in records}
     assert rows == {"2026-11-01|operator_c": 1, "2026-11-02|operator_c": 2}
     for run_id in run_ids:
         assert instance.get_run_by_id(run_id).is_success
-
-    # the warehouse pool got its limit of 1 from docker/dagster.yaml, and every slot was given back
-    info = instance.event_log_storage.get_concurrency_info(WAREHOUSE_POOL)
-    assert info.slot_count == 1 and info.active_slot_count == 0
 
     # ... and straight from Postgres, so nothing is in a local SQLite file by mistake
     with postgres_server.connect(postgres_db) as con, con.cursor() as cur:
@@ -96,79 +96,63 @@ def test_docker_dagster_yaml_stores_runs_and_events_in_postgres(pg_instance, pos
         )
         assert cur.fetchall() == [('["mapped_cdrs"]', 2), ('["raw_cdrs"]', 2), ('["rejected_cdrs"]', 2)]
         cur.execute(
-            "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION' AND run_id = ANY(%s)",
+            "SELECT partition, count(*) FROM asset_check_executions WHERE run_id = ANY(%s) AND execution_status <> 'PLANNED' GROUP BY 1 ORDER BY 1",
             (run_ids,),
         )
-        assert cur.fetchone()[0] == 8  # four checks per partition
+        assert cur.fetchall() == [(k, 4) for k in keys]  # four checks per partition, each stored with its partition
     assert not list(Path(os.environ["DAGSTER_HOME"]).glob("**/*.db"))
 
 
-# The sensor as the docker daemon runs it: the daemon's own sensor loop, a code location in a
-# gRPC subprocess, runs submitted to the Postgres run queue. 1 s interval so two ticks fit a test.
-daemon_defs = Definitions(
-    assets=ingest_assets,
-    jobs=[ingest_job],
-    sensors=[build_cdr_drop_sensor(minimum_interval_seconds=1)],
-    resources=default_resources(),
-)
+def _ingest_runs(instance) -> list:
+    return [r for r in instance.get_runs() if r.job_name == ingest_job.name]
 
 
-def _daemon_tick(instance) -> list:
-    import logging
-
-    from dagster._core.test_utils import create_test_daemon_workspace_context
-    from dagster._core.workspace.load_target import ModuleTarget
-    from dagster._daemon.sensor import execute_sensor_iteration
-
-    target = ModuleTarget(
-        module_name="tests.test_postgres_instance", attribute="daemon_defs", working_directory=str(REPO_ROOT), location_name="voicefw"
-    )
-    with create_test_daemon_workspace_context(target, instance) as ctx:
-        list(execute_sensor_iteration(ctx, logging.getLogger("test_daemon"), None, None))
-    return instance.get_runs()
+def _wait(what: str, probe, timeout_s: float, log: Path):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
 
 
-def _reset_cursor(instance) -> None:
-    """What `dagster sensor cursor --delete` does: forget where the sensor was."""
-    (state,) = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-    data = state.instigator_data
-    instance.update_instigator_state(
-        state.with_data(
-            SensorInstigatorData(
-                last_tick_timestamp=data.last_tick_timestamp,
-                last_run_key=data.last_run_key,
-                min_interval=data.min_interval,
-                cursor=None,
-                last_tick_start_timestamp=data.last_tick_start_timestamp,
-                last_sensor_start_timestamp=data.last_sensor_start_timestamp,
-                sensor_type=data.sensor_type,
-            )
-        )
-    )
-
-
-def test_daemon_sensor_queues_runs_in_postgres_and_run_keys_dedup(pg_instance, home):
+@pytest.mark.timeout(300)
+def test_the_daemon_ingests_drops_once_even_with_a_lost_cursor(pg_instance, home, tmp_path):
+    """`dagster-daemon run` on docker/dagster.yaml and the real code location: the drop sensor's
+    tick, the Postgres run queue and the run launcher ingest a drop in one run; with the cursor
+    deleted the sensor finds everything already ingested and starts nothing; a new day starts one run."""
     instance = pg_instance
     landing = home / "landing" / "operator_c"
     landing.mkdir(parents=True)
     (landing / "a.csv").write_text(HEADER + cdr("a1", "2026-11-03T10:00:00+00:00") + cdr("a2", "2026-11-04T10:00:00+00:00"))
+    env = {**os.environ, "VOICEFW_SENSOR_INTERVAL_S": "1", "VOICEFW_AUTOMATION_INTERVAL_S": "3600", "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "daemon.log"
+    workspace = ["-w", str(REPO_ROOT / "workspace.yaml")]
+    with log.open("wb") as out:
+        daemon = subprocess.Popen([str(VENV_BIN / "dagster-daemon"), "run", *workspace], cwd=REPO_ROOT, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        done = _wait("the sensor's ingest run to succeed", lambda: [r for r in _ingest_runs(instance) if r.status == DagsterRunStatus.SUCCESS], 150, log)
+        (run,) = done
+        assert (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"]) == (
+            "2026-11-03|operator_c", "2026-11-04|operator_c")
+        mapped = instance.fetch_materializations(AssetKey("mapped_cdrs"), limit=10).records
+        assert sorted(r.partition_key for r in mapped) == ["2026-11-03|operator_c", "2026-11-04|operator_c"]
 
-    runs = _daemon_tick(instance)
-    assert sorted(r.tags["dagster/partition"] for r in runs) == ["2026-11-03|operator_c", "2026-11-04|operator_c"]
-    assert {r.status for r in runs} == {DagsterRunStatus.QUEUED}  # QueuedRunCoordinator: the daemon's queue
-    assert {r.job_name for r in runs} == {ingest_job.name}
-    ticks = instance.get_ticks(*_sensor_ids(instance))
-    assert ticks[0].status == TickStatus.SUCCESS and len(ticks[0].run_ids) == 2
+        # cursor lost: the registry says the file is ingested, so the sensor starts nothing
+        subprocess.run([str(VENV_BIN / "dagster"), "sensor", "cursor", "cdr_drop_sensor", "--delete", *workspace],
+                       cwd=REPO_ROOT, env=env, check=True, capture_output=True, input="y\n", text=True)
+        time.sleep(6)
+        assert len(_ingest_runs(instance)) == 1
 
-    # cursor lost: the same files give the same run keys, and Dagster starts nothing new
-    _reset_cursor(instance)
-    time.sleep(1.1)
-    assert len(_daemon_tick(instance)) == 2
-    ticks = instance.get_ticks(*_sensor_ids(instance))
-    assert len(ticks) == 2 and ticks[0].status == TickStatus.SKIPPED
-    assert len(ticks[1].run_keys) == 2 and set(ticks[0].run_keys) == set(ticks[1].run_keys)
-
-
-def _sensor_ids(instance) -> tuple[str, str]:
-    (state,) = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-    return state.instigator_origin_id, state.selector_id
+        (landing / "b.csv").write_text(HEADER + cdr("b1", "2026-11-05T10:00:00+00:00"))
+        new = _wait("a run for the new day", lambda: [r for r in _ingest_runs(instance) if r.run_id != run.run_id], 60, log)
+        assert [r.tags.get("dagster/partition") for r in new] == ["2026-11-05|operator_c"]
+    finally:
+        os.killpg(daemon.pid, signal.SIGINT)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()

@@ -8,11 +8,16 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from dagster import SensorResult, build_sensor_context, instance_for_test
 
+from datetime import timedelta
+
 from resources.landing import LandingZone
+from resources.warehouse import Warehouse
 from sensors import cdr_drop_sensor
 from sensors.cdr_drop import Cursor, build_cdr_drop_sensor
+from voicefw_assets.partitions import operator_partitions, split_operator_day
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEADER = "call_id,time_start,time_connect,time_end,src_number,dst_number,orig_gw,term_gw,sip_code,q850_cause,disconnect_initiator,duration,ring_ms\n"
@@ -32,14 +37,29 @@ def drop(home: Path, operator: str, name: str, body: str, mtime_ns: int) -> Path
 
 
 def tick(sensor, instance, cursor: str | None) -> SensorResult:
-    ctx = build_sensor_context(instance=instance, cursor=cursor, resources={"landing": LandingZone()})
+    ctx = build_sensor_context(instance=instance, cursor=cursor, resources={"landing": LandingZone(), "warehouse": Warehouse()})
     result = sensor(ctx)
     assert isinstance(result, SensorResult)
     return result
 
 
+def covered(request) -> list[str]:
+    """The operator-day keys a run request covers: its partition, or every key of its range (the
+    days of these tests are consecutive calendar days, new to the instance, so sorted)."""
+    if request.partition_key is not None:
+        return [str(request.partition_key)]
+    (op0, d0), (op1, d1) = (split_operator_day(request.tags[f"dagster/asset_partition_range_{end}"]) for end in ("start", "end"))
+    ops = [o for o in operator_partitions.get_partition_keys() if op0 <= o <= op1]
+    return [f"{d0 + timedelta(days=i)}|{o}" for i in range((d1 - d0).days + 1) for o in ops]
+
+
+def ingest(result: SensorResult) -> list:
+    """The tick's ingest run requests (a tick may also ask for a feed's freshness check)."""
+    return [r for r in result.run_requests if r.job_name == "ingest_cdrs"]
+
+
 def partitions(result: SensorResult) -> list[str]:
-    return [str(r.partition_key) for r in result.run_requests]
+    return sorted(k for r in ingest(result) for k in covered(r))
 
 
 def test_backlog_of_10000_files_is_worked_off_in_capped_ticks(home):
@@ -58,8 +78,9 @@ def test_backlog_of_10000_files_is_worked_off_in_capped_ticks(home):
         c1 = Cursor.parse(first.cursor).marks["operator_c"]
         assert c1.arrived_ns == BASE_NS + 99 * 1_000_000  # exactly the first 100 files were handled
         assert len(c1.at_arrival) == 1
-        tags = {str(r.partition_key): r.tags for r in first.run_requests}
-        assert tags["2026-11-01|operator_c"]["voicefw/files"] == "34"  # files 0, 3, ..., 99
+        # one run for the tick: the three days of operator_c are one partition range
+        assert len(ingest(first)) == 1 and ingest(first)[0].tags["voicefw/files"] == "100"
+        assert sorted(first.dynamic_partitions_requests[0].partition_keys) == days
 
         t0 = time.perf_counter()
         second = tick(sensor, instance, first.cursor)
@@ -68,10 +89,10 @@ def test_backlog_of_10000_files_is_worked_off_in_capped_ticks(home):
         assert c2.arrived_ns == BASE_NS + 199 * 1_000_000
         # same partitions (new files touched them) but new run keys: nothing of tick 1 is re-requested
         assert sorted(partitions(second)) == sorted(partitions(first))
-        assert not {r.run_key for r in first.run_requests} & {r.run_key for r in second.run_requests}
+        assert not {r.run_key for r in ingest(first)} & {r.run_key for r in ingest(second)}
 
 
-def test_run_requests_are_capped_and_the_cursor_resumes(home):
+def test_operator_days_per_tick_are_capped_and_the_cursor_resumes(home):
     for i in range(10):
         drop(home, "operator_c", f"day_{i}.csv", HEADER + cdr_line(f"d{i}", f"2026-11-{i + 1:02d}"), BASE_NS + i)
     sensor = build_cdr_drop_sensor(max_runs_per_tick=4)
@@ -80,7 +101,7 @@ def test_run_requests_are_capped_and_the_cursor_resumes(home):
     with instance_for_test() as instance:
         for expected in (4, 4, 2):
             result = tick(sensor, instance, cursor)
-            assert len(result.run_requests) == expected
+            assert len(partitions(result)) == expected and len(ingest(result)) == 1
             seen += partitions(result)
             cursor = result.cursor
         assert seen == [f"2026-11-{d:02d}|operator_c" for d in range(1, 11)]
@@ -105,20 +126,20 @@ def test_identical_redrop_requests_nothing_and_a_changed_file_does(home):
 
         # with the cursor lost, the same files give the same run keys: Dagster dedups those runs
         reset = tick(cdr_drop_sensor, instance, None)
-        assert {r.run_key for r in reset.run_requests} == {r.run_key for r in first.run_requests}
+        assert {r.run_key for r in ingest(reset)} == {r.run_key for r in ingest(first)}
 
         with path.open("a") as fh:  # a late append changes size and mtime: its days run again
             fh.write(cdr_line("x3", "2026-11-06"))
         os.utime(path, ns=(BASE_NS + 10, BASE_NS + 10))
         changed = tick(cdr_drop_sensor, instance, redrop.cursor)
         assert sorted(partitions(changed)) == ["2026-11-05|operator_c", "2026-11-06|operator_c"]
-        assert not {r.run_key for r in changed.run_requests} & {r.run_key for r in first.run_requests}
+        assert not {r.run_key for r in ingest(changed)} & {r.run_key for r in ingest(first)}
 
 
 def test_unknown_operator_and_bad_files_are_quarantined_with_a_reason(home):
     drop(home, "operator_zz", "calls.csv", HEADER + cdr_line("z1", "2026-11-01"), BASE_NS)
     drop(home, "operator_c", "broken.csv.gz", "this is not gzip", BASE_NS + 1)
-    drop(home, "operator_c", "ancient.csv", HEADER + cdr_line("old", "2019-01-01"), BASE_NS + 2)
+    drop(home, "operator_c", "ancient.csv", HEADER + cdr_line("old", "1999-01-01"), BASE_NS + 2)
     drop(home, "operator_c", "notes.txt", "hello", BASE_NS + 3)
     drop(home, "operator_c", "empty.csv", "", BASE_NS + 4)
     drop(home, "operator_c", ".upload.csv.part", "half a fi", BASE_NS + 5)
@@ -130,7 +151,7 @@ def test_unknown_operator_and_bad_files_are_quarantined_with_a_reason(home):
     reasons = {Path(q["from"]).name: q["reason"] for q in LandingZone().quarantined()}
     assert set(reasons) == {"calls.csv", "broken.csv.gz", "ancient.csv", "notes.txt"}
     assert "operator_configs/operator_zz.yaml" in reasons["calls.csv"]
-    assert reasons["broken.csv.gz"].startswith("unreadable")
+    assert "gzip" in reasons["broken.csv.gz"]  # the reason registration gives: not gzip data
     assert "partition day" in reasons["ancient.csv"]
     assert "matches none of" in reasons["notes.txt"]
     assert (home / "quarantine" / "operator_zz" / "calls.csv").exists()
@@ -145,15 +166,18 @@ def test_unknown_operator_and_bad_files_are_quarantined_with_a_reason(home):
     assert json.loads(only_bad.cursor)["operator_yy"]["arrived_ns"] == BASE_NS + 100
 
 
-def test_partition_keys_exist_in_the_ingest_partitions(home):
+def test_requested_partitions_exist_once_the_tick_adds_its_days(home):
+    """The days are dynamic partitions: the tick that requests a run adds its new days."""
     from voicefw_assets.partitions import cdr_partitions
 
     drop(home, "operator_c", "a.csv", HEADER + cdr_line("p1", "2026-11-03"), BASE_NS)
     with instance_for_test() as instance:
         result = tick(cdr_drop_sensor, instance, None)
-        keys = [r.partition_key for r in result.run_requests]
-        assert keys and all(cdr_partitions.has_partition_key(k) for k in keys)
-        assert result.run_requests[0].partition_key.keys_by_dimension == {"operator": "operator_c", "date": "2026-11-03"}
+        (add,) = result.dynamic_partitions_requests
+        instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
+        keys = [r.partition_key for r in ingest(result)]
+        assert keys and set(map(str, keys)) <= set(cdr_partitions.get_partition_keys(dynamic_partitions_store=instance))
+        assert ingest(result)[0].partition_key.keys_by_dimension == {"operator": "operator_c", "date": "2026-11-03"}
 
 
 def test_a_config_newer_than_the_code_location_holds_only_its_folder(home, tmp_path, monkeypatch):
@@ -188,3 +212,44 @@ def test_a_file_moved_in_with_an_old_mtime_is_still_seen(home, tmp_path):
         shutil.move(old, home / "landing" / "operator_c" / "old.csv")
         moved = tick(cdr_drop_sensor, instance, first.cursor)
         assert partitions(moved) == ["2026-11-04|operator_c"]
+
+
+def test_a_silent_feed_is_overdue_with_its_last_file_and_its_return_gets_checked(home, monkeypatch):
+    """landing/<operator> is observed with its newest file's arrival; a feed silent for longer than
+    VOICEFW_FEED_MAX_SILENCE_H fails Dagster's freshness check with that time; when files come
+    back, the drop sensor asks for the check to run again."""
+    from datetime import datetime, timezone
+
+    from dagster import AssetKey, AssetSelection, build_last_update_freshness_checks, materialize
+
+    from voicefw_assets.assets.feeds import feed_key, feed_specs
+
+    monkeypatch.setenv("VOICEFW_FEED_MAX_SILENCE_H", str(1 / 3600))  # one second
+    first = drop(home, "operator_c", "a.csv", HEADER + cdr_line("f1", "2026-11-02"), time.time_ns())
+    arrived = max(first.stat().st_mtime_ns, first.stat().st_ctime_ns)
+    checks = build_last_update_freshness_checks(assets=[feed_key("operator_c")], lower_bound_delta=timedelta(seconds=1))
+    with instance_for_test() as instance:
+        t1 = tick(cdr_drop_sensor, instance, None)
+        (obs,) = t1.asset_events
+        meta = {k: v.value for k, v in obs.metadata.items()}
+        assert obs.asset_key == AssetKey(["landing", "operator_c"]) and meta["last_file"] == "a.csv"
+        assert meta["dagster/last_updated_timestamp"] == pytest.approx(arrived / 1e9, abs=1e-3)
+        assert {r.job_name for r in t1.run_requests} == {"ingest_cdrs", "check_feed_freshness"}  # first files of the feed
+        instance.report_runless_asset_event(obs)
+
+        time.sleep(1.5)  # silent for longer than allowed: re-observed, same last file
+        t2 = tick(cdr_drop_sensor, instance, t1.cursor)
+        assert not t2.run_requests and [e.asset_key for e in t2.asset_events] == [feed_key("operator_c")]
+        assert t2.asset_events[0].metadata["last_file"].value == "a.csv"
+        instance.report_runless_asset_event(t2.asset_events[0])
+        result = materialize([*feed_specs, *checks], selection=AssetSelection.checks(*checks), instance=instance, raise_on_error=False)
+        (evaluation,) = result.get_asset_check_evaluations()
+        assert not evaluation.passed and "overdue" in evaluation.description
+        assert evaluation.metadata["dagster/last_updated_timestamp"].value == pytest.approx(arrived / 1e9, abs=1e-3)
+        stamp = datetime.fromtimestamp(arrived / 1e9, tz=timezone.utc).isoformat(timespec="seconds")
+        assert t2.asset_events[0].metadata["last_file_arrived"].value == stamp
+
+        drop(home, "operator_c", "b.csv", HEADER + cdr_line("f2", "2026-11-03"), time.time_ns())
+        t3 = tick(cdr_drop_sensor, instance, t2.cursor)
+        (recheck,) = [r for r in t3.run_requests if r.job_name == "check_feed_freshness"]
+        assert [k.asset_key for k in recheck.asset_check_keys] == [feed_key("operator_c")]

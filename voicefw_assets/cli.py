@@ -8,36 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from datetime import date
 from pathlib import Path
 
 from voicefw_assets import export_ranges
+from voicefw_assets.instance import ensure_dagster_home, quiet_dagster_warnings
 from voicefw_assets.settings import REPO_ROOT, paths
-
-LOCAL_DAGSTER_YAML = """\
-# Local Dagster instance: SQLite storage under this folder (created by `voicefw`).
-telemetry:
-  enabled: false
-concurrency:
-  pools:
-    default_limit: 1   # the duckdb_warehouse pool: one warehouse-writing step at a time
-run_coordinator:       # runs here are short: look for queued runs every second, not every 5 s
-  module: dagster._core.run_coordinator
-  class: QueuedRunCoordinator
-  config:
-    dequeue_interval_seconds: 1
-"""
-
-
-def ensure_dagster_home() -> Path:
-    """DAGSTER_HOME defaults to ./.dagster_home (git-ignored) with a SQLite dagster.yaml."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home")))
-    home.mkdir(parents=True, exist_ok=True)
-    yaml_file = home / "dagster.yaml"
-    if not yaml_file.exists():
-        yaml_file.write_text(LOCAL_DAGSTER_YAML)
-    return home
 
 
 # ---------------------------------------------------------------- simulate
@@ -62,111 +38,40 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- materialize
 
 
-def landed_partitions(log=print) -> dict[str, set[date]]:
-    """operator -> UTC days with landed data, by the same per-file decision the drop sensor and the
-    raw asset take (voicefw_assets.ingest.survey_landing): the manifest for files already
-    registered, a read for new ones. Files to quarantine are moved here with their reason;
-    files still being written (modified within the settle time) wait for a later run."""
-    from resources import LandingZone, Warehouse
-    from voicefw_assets.ingest import ensure_warehouse, manifest, survey_landing
-    from voicefw_assets.operators import operator_configs
-
-    landing, warehouse, configs = LandingZone(), Warehouse(), operator_configs()
-    known = {}
-    if warehouse.file.exists():
-        with warehouse.connect() as con:
-            ensure_warehouse(con)
-            for op in configs:
-                known |= manifest(con, op)
-    survey = survey_landing(landing, configs, known=known)
-    survey.apply_quarantine(landing, log)
-    waiting = survey.by_action("wait")
-    if waiting:
-        log(f"{len(waiting)} file(s) modified less than {landing.settle_seconds:.0f} s ago wait for a later run "
-            f"(VOICEFW_SETTLE_S), e.g. {waiting[0].file.path}")
-    out: dict[str, set[date]] = defaultdict(set)
-    for op, day in survey.partitions:
-        out[op].add(day)
-    return dict(out)
-
-
-def plan_runs(defs, selection: list[str] | None, landed: dict[str, set[date]]) -> list[tuple[list, str | None]]:
-    """Split the selected assets into stages of one partitions definition, in dependency order, and
-    expand each stage into its partition keys: [(asset keys, partition key or None), ...]."""
-    from dagster import MultiPartitionKey, MultiPartitionsDefinition
-    from dagster._core.selector.subset_selector import parse_asset_selection
-
-    graph = defs.resolve_asset_graph()
-    assets_defs = list(graph.assets_defs)
-    keys = set(parse_asset_selection(assets_defs, selection)) if selection else set(graph.materializable_asset_keys)
-    keys &= set(graph.materializable_asset_keys)
-    order = [k for k in graph.toposorted_asset_keys if k in keys]
-    stage: dict = {}
-    for k in order:
-        pdef = graph.get(k).partitions_def
-        parents = [p for p in graph.get(k).parent_keys if p in stage]
-        stage[k] = max((stage[p] + (graph.get(p).partitions_def != pdef) for p in parents), default=0)
-    groups: dict[tuple[int, int], list] = defaultdict(list)
-    for k in order:
-        groups[(stage[k], id(graph.get(k).partitions_def))].append(k)
-
-    days = sorted(set().union(*landed.values())) if landed else []
-    plan = []
-    for (_, _), group in sorted(groups.items(), key=lambda kv: kv[0][0]):
-        pdef = graph.get(group[0]).partitions_def
-        if pdef is None:
-            plan.append((group, None))
-        elif isinstance(pdef, MultiPartitionsDefinition):
-            valid = set(pdef.get_partition_keys())
-            for op in sorted(landed):
-                for d in sorted(landed[op]):
-                    key = MultiPartitionKey({"operator": op, "date": d.isoformat()})
-                    if key in valid:
-                        plan.append((group, key))
-        else:
-            valid = set(pdef.get_partition_keys())
-            plan += [(group, d.isoformat()) for d in days if d.isoformat() in valid]
-    return plan
-
-
 def cmd_materialize(args: argparse.Namespace) -> int:
     ensure_dagster_home()
-    from dagster import DagsterInstance, materialize
+    quiet_dagster_warnings()
+    from dagster import DagsterInstance
 
+    from resources import LandingZone, Warehouse
+    from voicefw_assets.assets.feeds import feed_freshness_checks, feed_observation
     from voicefw_assets.definitions import defs
+    from voicefw_assets.instance import owner_tags, sweep_dead_runs
+    from voicefw_assets.launch import PlannedRun, landed, plan_runs, run_all
+    from voicefw_assets.partitions import add_days, cdr_days
 
-    selection = [s for s in args.select.split(",") if s] if args.select else None
-    landed = landed_partitions()
-    if not landed:
+    instance = DagsterInstance.get()
+    sweep_dead_runs(instance)
+    look = landed(LandingZone(), Warehouse())
+    for path, reason in look.quarantined.items():
+        print(f"quarantined {path}: {reason}")
+    for operator, n in look.waiting.items():
+        print(f"{n} file(s) in landing/{operator}/ wait: operator_configs/{operator}.yaml is newer than this process (run again)")
+    for operator, n in look.young.items():
+        print(f"{n} file(s) in landing/{operator}/ modified less than VOICEFW_SETTLE_S={LandingZone().settle_seconds:.0f} s ago "
+              "wait, with the files that arrived after them (run again when the upload is done)")
+    cells = set(look.partitions) | look.ingested
+    if not cells:
         print(f"nothing landed under {paths().landing} (run `voicefw simulate` or drop CDR files there)")
         return 1
-    plan = plan_runs(defs, selection, landed)
-    assets_defs = [*(defs.assets or []), *(defs.asset_checks or [])]
-    instance = DagsterInstance.get()
-    failed = 0
-    t_all = time.perf_counter()
-    for i, (keys, pkey) in enumerate(plan, 1):
-        names = ",".join(k.to_user_string() for k in keys)
-        t0 = time.perf_counter()
-        result = materialize(
-            assets_defs,
-            selection=keys,
-            partition_key=pkey,
-            instance=instance,
-            resources=defs.resources,
-            tags={"voicefw/launched_by": "voicefw materialize"},
-            run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
-            raise_on_error=False,
-        )
-        checks = result.get_asset_check_evaluations()
-        bad = [c.check_name for c in checks if not c.passed]
-        status = "ok" if result.success and not bad else "FAILED" if not result.success else f"checks failed: {bad}"
-        failed += status != "ok"
-        print(
-            f"[{i}/{len(plan)}] {names} {pkey or ''} -> {status} ({time.perf_counter() - t0:.1f}s, run {result.run_id[:8]})",
-            flush=True,
-        )
-    print(f"{len(plan)} runs in {time.perf_counter() - t_all:.1f}s, {failed} not ok; DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
+    for op, newest in look.newest.items():
+        instance.report_runless_asset_event(feed_observation(op, newest.path.name, newest.arrived_ns, look.files[op]))
+    add_days(instance, {d for _, d in cells})
+    plan = plan_runs(defs, args.select, cells, list(instance.get_dynamic_partitions(cdr_days.name)))
+    if not args.select:
+        plan.append(PlannedRun([], [], checks=[k for c in feed_freshness_checks for k in c.check_keys]))
+    failed = run_all(plan, defs, instance, owner_tags(), args.log_level)
+    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}  (export it to use `dagster`/`dg` commands on this instance)")
     return 1 if failed else 0
 
 
@@ -176,6 +81,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     """Bundles in the model store, newest first, and which one the service serves."""
     ensure_dagster_home()
+    quiet_dagster_warnings()
     import json
 
     from dagster import AssetKey, DagsterInstance
@@ -234,10 +140,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Dagster UI + daemon (sensors, automation, schedules) and the scoring service, until Ctrl-C."""
-    ensure_dagster_home()
+    home = ensure_dagster_home()
+    quiet_dagster_warnings()
+    from dagster import DagsterInstance
+
+    from voicefw_assets.instance import hold_lock, sweep_dead_runs
+
+    lock_fd = hold_lock(home / ".voicefw-up.lock")
+    if lock_fd is None:
+        print(f"another `voicefw up` runs on DAGSTER_HOME={home}; stop it first", file=sys.stderr)
+        return 2
+    with DagsterInstance.get() as instance:  # nothing of ours serves this home now: its unfinished runs are dead
+        sweep_dead_runs(instance, orphans_of_daemon=True)
     bin_dir = Path(sys.executable).parent
+    ui = [str(bin_dir / "dg"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "--host", args.host, "--port", str(args.ui_port),
+          "--log-level", args.log_level]
     procs = [
-        subprocess.Popen([str(bin_dir / "dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.ui_port)]),
+        # the UI process holds the lock too: while it lives, no other `voicefw up` sweeps its runs
+        subprocess.Popen(ui, pass_fds=(lock_fd,)),
         subprocess.Popen([str(bin_dir / "voicefw"), "serve", "--host", args.host, "--port", str(args.port)]),
     ]
     print(f"Dagster UI: http://{args.host}:{args.ui_port}   scoring: http://{args.host}:{args.port}/schema   (Ctrl-C stops both)")
@@ -262,17 +182,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voicefw", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("simulate", help="write simulated CDR drops for every operator into $VOICEFW_HOME/landing")
-    p.add_argument("--days", type=int, default=3)
-    p.add_argument("--calls-per-day", type=int, default=20000)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--start-date", default=None, help="first simulated UTC day (YYYY-MM-DD)")
+    p = sub.add_parser(
+        "simulate",
+        help="write simulated CDR drops for every operator into $VOICEFW_HOME/landing",
+        description="Write realistic CDR drops (each operator in its own format, with injected dirt: duplicate "
+        "rows and files, malformed lines, empty and truncated files) and the ground truth of every call. "
+        "Same arguments, same bytes.",
+    )
+    p.add_argument("--days", type=int, default=3, help="how many UTC days of traffic (default: %(default)s)")
+    p.add_argument("--calls-per-day", type=int, default=20000, help="calls per day across all operators (weekends get fewer; default: %(default)s)")
+    p.add_argument("--seed", type=int, default=7, help="random seed: the same seed and arguments write the same files (default: %(default)s)")
+    p.add_argument("--start-date", default=None, help="first simulated UTC day, YYYY-MM-DD (default: 2026-11-01)")
     p.add_argument("--home", default=None, help="VOICEFW_HOME to write into (default: $VOICEFW_HOME or ./data)")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("materialize", help="materialize assets for every partition with landed data, as Dagster runs")
-    p.add_argument("--select", default=None, help="asset selection as for `dagster asset materialize --select` (default: everything)")
-    p.add_argument("--log-level", default="WARNING", help="Dagster console log level for the runs")
+    p = sub.add_parser(
+        "materialize",
+        help="materialize assets for every partition with landed data, as Dagster runs",
+        description="Materialize the selection for every operator-day with landed data, as real runs in the "
+        "Dagster instance of DAGSTER_HOME (default ./.dagster_home): as few runs as the assets' backfill "
+        "policies allow, one summary line each. Exit status 1 if a run failed or a check did not pass.",
+    )
+    p.add_argument("--select", default=None, help="assets, comma-separated, in Dagster's selection syntax "
+                   "(e.g. raw_cdrs,mapped_cdrs,rejected_cdrs or training_set*); default: everything")
+    p.add_argument("--log-level", default="WARNING", help="lowest level of the runs' own log lines printed (default: %(default)s)")
     p.set_defaults(func=cmd_materialize)
 
     p = sub.add_parser("models", help="list model bundles; * marks the one being served")
@@ -295,9 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("up", help="Dagster UI + daemon and the scoring service")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--ui-port", type=int, default=3000)
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="interface both listen on (default: %(default)s)")
+    p.add_argument("--ui-port", type=int, default=3000, help="Dagster UI port (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="scoring service port (default: %(default)s)")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                   help="log level of the Dagster daemon and webserver (runs log INFO and up either way; default: %(default)s)")
     p.set_defaults(func=cmd_up)
 
     args = parser.parse_args(argv)

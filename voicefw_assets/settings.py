@@ -49,5 +49,6 @@ def operator_config_dir() -> Path:
 
 
 def first_partition_date() -> str:
-    """First UTC day of the date partitions; historical drops before it would be rejected."""
-    return os.environ.get("VOICEFW_START_DATE", "2026-01-01")
+    """Oldest UTC day a call may start on. Day partitions are created from the landed data (see
+    voicefw_assets/partitions.py); this only keeps impossible dates (epoch 0, typos) out of them."""
+    return os.environ.get("VOICEFW_START_DATE", "2000-01-01")

@@ -583,7 +583,7 @@ def _settled_listing(landing: LandingZone, operator: str, say=None) -> list[Land
     young = [f for f in listed if f.kind == "file" and not f.stable]
     if young:
         settle_ns = int(landing.settle_seconds * 1e9)
-        wait_s = max(0.0, (max(f.mtime_ns for f in young) + settle_ns - time.time_ns()) / 1e9)
+        wait_s = max(0.0, (max(f.ctime_ns for f in young) + settle_ns - time.time_ns()) / 1e9)
         wait_s = min(wait_s, landing.settle_seconds) + 0.05
         if say:
             say(f"waiting {wait_s:.0f} s for {len(young)} file(s) modified less than {landing.settle_seconds:.0f} s ago")
