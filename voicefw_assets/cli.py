@@ -43,17 +43,27 @@ def ensure_dagster_home() -> Path:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from voicefw_assets.simulate import simulate
+    from voicefw_assets.simulate import Scenario, SimulationRefused, simulate
 
     home = Path(args.home) if args.home else paths().home
     t0 = time.perf_counter()
-    summary = simulate(
-        home,
-        days=args.days,
-        calls_per_day=args.calls_per_day,
-        seed=args.seed,
-        **({"start_date": date.fromisoformat(args.start_date)} if args.start_date else {}),
-    )
+    try:
+        scenario = Scenario(trunk_concentration=args.trunk_concentration, concentrate_from_day=args.concentrate_from_day,
+                            intensity=args.intensity, late_ranges=args.late_ranges, new_countries=args.new_countries)
+        summary = simulate(
+            home,
+            days=args.days,
+            calls_per_day=args.calls_per_day,
+            seed=args.seed,
+            scenario=scenario,
+            **({"start_date": date.fromisoformat(args.start_date)} if args.start_date else {}),
+        )
+    except SimulationRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"simulated into {home} in {time.perf_counter() - t0:.1f}s: {summary}")
     return 0
 
@@ -189,9 +199,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     dirs = sorted((store.models_dir / v for v in store.versions()), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in dirs:
         metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
-        pr_auc = metrics.get("lightgbm", {}).get("pr_auc")
+        meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").exists() else {}
+        pr_auc = (metrics.get(metrics.get("promoted", "lightgbm")) or {}).get("pr_auc")
         mark = "*" if path.name == serving else " "
-        print(f"{mark} {path.name}  pr_auc={pr_auc if pr_auc is None else round(pr_auc, 4)}  {path}")
+        print(f"{mark} {path.name}  {meta.get('kind', 'lightgbm'):8}  pr_auc={pr_auc if pr_auc is None else round(pr_auc, 4)}  {path}")
     if not dirs:
         print(f"no bundles in {store.models_dir}")
     return 0
