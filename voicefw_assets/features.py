@@ -13,6 +13,7 @@ microseconds so they agree exactly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,13 +25,61 @@ SHORT_RING_S = 6.0
 MAX_WINDOW_S = 24 * 3600  # largest window = how much history the batch reads / the service keeps
 SINCE_PREV_CAP_S = float(MAX_WINDOW_S)  # "no earlier call within 24 h"
 NO_ENDED = -1.0  # outcome share when no earlier call ended in the window
+SETUP_FIELDS = ("a_number", "b_number", "ingress_trunk")  # the call's fields a history key may be computed from
 
-KEYS = ("a_number", "a_range", "a_block", "b_number", "ingress_trunk")
-# keys derived from the A-number by dropping trailing digits: key -> digits dropped
-A_PREFIX_KEYS = {"a_range": 4, "a_block": 6}
-# stat -> which column is counted distinctly ("distinct_b": distinct B-numbers, "distinct_a":
+
+# ---------------------------------------------------------------- history keys
+@dataclass(frozen=True)
+class Key:
+    """A history key: ONE function of one setup field, rendered as SQL (`sql`) and Python (`of`).
+
+    drop_last: the number without its last k characters (a range of numbers); country: the number's
+    E.164 country calling code as '+<cc>'. A key value of None (no number, too short, unknown
+    country) means the call has no history under that key."""
+
+    name: str
+    field: str  # one of SETUP_FIELDS
+    drop_last: int = 0
+    country: bool = False
+    phone: bool = True  # values are '+<digits>' strings (the batch encodes them as integers)
+
+    def of(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if self.country:
+            cc = country_code_of(value)
+            return f"+{cc}" if cc else None
+        if self.drop_last:
+            return _a_prefix(value, self.drop_last)
+        return value
+
+    def sql(self, col: str) -> str:
+        if self.country:
+            return f"(CASE WHEN {_sql_country_code(col)} > 0 THEN '+' || {_sql_country_code(col)} END)"
+        if self.drop_last:
+            return f"(CASE WHEN length({col}) > {self.drop_last + 1} THEN {col}[1:-{self.drop_last + 1}] END)"
+        return col
+
+
+KEY_DEFS: tuple[Key, ...] = (
+    Key("a_number", "a_number"),
+    Key("a_range", "a_number", drop_last=4),  # the block a flash-call OTP provider rotates in
+    Key("a_block", "a_number", drop_last=6),  # campaigns that rotate 5-6 trailing digits
+    Key("a_country", "a_number", country=True),  # where the calls claim to come from
+    Key("b_number", "b_number"),
+    Key("ingress_trunk", "ingress_trunk", phone=False),
+)
+KEYS = tuple(k.name for k in KEY_DEFS)
+KEY_BY_NAME = {k.name: k for k in KEY_DEFS}
+# stat -> which setup field is counted distinctly ("distinct_b": distinct B-numbers, "distinct_a":
 # distinct A-numbers, i.e. distinct A-suffixes within an A-range or towards a B-number)
 DISTINCT_COLUMN = {"distinct_b": "b_number", "distinct_a": "a_number"}
+
+
+def key_values(a_number: str | None, b_number: str | None, ingress_trunk: str | None) -> tuple:
+    """A call's value of each key, in KEYS order (None: no history under that key)."""
+    fields = {"a_number": a_number, "b_number": b_number, "ingress_trunk": ingress_trunk}
+    return tuple(k.of(fields[k.field]) for k in KEY_DEFS)
 
 
 @dataclass(frozen=True)
@@ -55,14 +104,14 @@ M, H, D = 60, 3600, 86400
 
 def _build() -> tuple[HistoryFeature, ...]:
     spec = {
-        # key: {stat: windows}; kept modest: distinct counts over windows are the costly part
-        "a_range": {"count": (M, 10 * M, H, D), "distinct_b": (10 * M, H), "distinct_a": (10 * M, H),
-                    "since_prev": (D,), "su_share": (H, D)},
-        "a_number": {"count": (M, H, D), "distinct_b": (H,), "since_prev": (D,), "su_share": (D,)},
-        "b_number": {"count": (M, H, D), "distinct_a": (H,), "since_prev": (D,), "su_share": (D,)},
-        "ingress_trunk": {"count": (M, H), "su_share": (H,)},
-        # coarser block: flash campaigns rotate 5-6 trailing digits, beyond one a_range
-        "a_block": {"count": (H,), "distinct_a": (H,), "su_share": (H, D)},
+        # key: {stat: windows}
+        "a_range": {"count": (M, 10 * M, H, D), "distinct_b": (10 * M, H), "distinct_a": (M, 10 * M, H),
+                    "since_prev": (D,), "su_share": (10 * M, H, D)},
+        "a_number": {"count": (H, D), "distinct_b": (H,), "since_prev": (D,), "su_share": (D,)},
+        "b_number": {"count": (H, D), "distinct_a": (H,), "since_prev": (D,), "su_share": (D,)},
+        "ingress_trunk": {"count": (M, 10 * M, H, D), "su_share": (M, 10 * M, H, D)},
+        "a_block": {"count": (10 * M, H, D), "distinct_a": (10 * M, H), "su_share": (10 * M, H, D)},
+        "a_country": {"count": (10 * M, H, D), "distinct_a": (10 * M,), "su_share": (10 * M, H, D)},
     }
     return tuple(HistoryFeature(k, s, w) for k, stats in spec.items() for s, ws in stats.items() for w in ws)
 
@@ -74,8 +123,189 @@ SETUP_FEATURES: tuple[str, ...] = (
     "a_len", "b_len", "a_type", "b_type",
 )
 
-# The model's input, in order. Nothing here is an outcome of the call itself (see leakage guard).
-FEATURE_NAMES: tuple[str, ...] = SETUP_FEATURES + tuple(f.name for f in HISTORY_FEATURES)
+
+# ---------------------------------------------------------------- derived features
+class Expr:
+    """A tiny arithmetic expression over a call's setup and history feature values: ONE definition
+    rendered as a DuckDB SQL expression (`sql`) and as Python source (`py`, compiled into `derive`).
+    Only +, -, *, guarded division, ln, greatest/least and comparisons: IEEE double arithmetic that
+    DuckDB and CPython evaluate identically."""
+
+    def sql(self) -> str:
+        raise NotImplementedError
+
+    def py(self, index: dict[str, int]) -> str:
+        raise NotImplementedError
+
+    def refs(self) -> set[str]:
+        raise NotImplementedError
+
+    def __add__(self, other) -> "Expr":
+        return Op("+", (self, _x(other)))
+
+    def __radd__(self, other) -> "Expr":
+        return Op("+", (_x(other), self))
+
+    def __sub__(self, other) -> "Expr":
+        return Op("-", (self, _x(other)))
+
+    def __mul__(self, other) -> "Expr":
+        return Op("*", (self, _x(other)))
+
+    def __rmul__(self, other) -> "Expr":
+        return Op("*", (_x(other), self))
+
+
+@dataclass(frozen=True)
+class Ref(Expr):
+    name: str
+
+    def sql(self) -> str:
+        return f'"{self.name}"'
+
+    def py(self, index: dict[str, int]) -> str:
+        return f"r[{index[self.name]}]"
+
+    def refs(self) -> set[str]:
+        return {self.name}
+
+
+@dataclass(frozen=True)
+class Num(Expr):
+    value: float
+
+    def sql(self) -> str:
+        return f"CAST({float(self.value)!r} AS DOUBLE)"
+
+    def py(self, index: dict[str, int]) -> str:
+        return repr(float(self.value))
+
+    def refs(self) -> set[str]:
+        return set()
+
+
+_SQL_FN = {"ln": "ln({0})", "max": "greatest({0}, {1})", "min": "least({0}, {1})",
+           "div": "(CASE WHEN {1} = 0 THEN {2} ELSE {0} / {1} END)", "gt": "(CASE WHEN {0} > {1} THEN 1.0 ELSE 0.0 END)",
+           "ge": "(CASE WHEN {0} >= {1} THEN 1.0 ELSE 0.0 END)", "if": "(CASE WHEN {0} > 0 THEN {1} ELSE {2} END)"}
+_PY_FN = {"ln": "_ln({0})", "max": "max({0}, {1})", "min": "min({0}, {1})",
+          "div": "(({0}) / ({1}) if ({1}) != 0 else {2})", "gt": "(1.0 if ({0}) > ({1}) else 0.0)",
+          "ge": "(1.0 if ({0}) >= ({1}) else 0.0)", "if": "(({1}) if ({0}) > 0 else ({2}))"}
+
+
+@dataclass(frozen=True)
+class Op(Expr):
+    op: str
+    args: tuple
+
+    def sql(self) -> str:
+        a = [x.sql() for x in self.args]
+        return f"({a[0]} {self.op} {a[1]})" if self.op in "+-*" else _SQL_FN[self.op].format(*a)
+
+    def py(self, index: dict[str, int]) -> str:
+        a = [x.py(index) for x in self.args]
+        return f"({a[0]} {self.op} {a[1]})" if self.op in "+-*" else _PY_FN[self.op].format(*a)
+
+    def refs(self) -> set[str]:
+        return set().union(*(x.refs() for x in self.args))
+
+
+def _x(v) -> Expr:
+    return v if isinstance(v, Expr) else Num(float(v))
+
+
+def ratio(a, b, default: float = 0.0) -> Expr:
+    """a / b, or `default` where b is 0."""
+    return Op("div", (_x(a), _x(b), _x(default)))
+
+
+def ln(a) -> Expr:
+    """Natural log; only of expressions that are > 0 by construction (e.g. (x + 1) / (y + 1), x, y >= 0)."""
+    return Op("ln", (_x(a),))
+
+
+def if_positive(cond, a, b) -> Expr:
+    """a where cond > 0, else b."""
+    return Op("if", (_x(cond), _x(a), _x(b)))
+
+
+def greatest(a, b) -> Expr:
+    return Op("max", (_x(a), _x(b)))
+
+
+@dataclass(frozen=True)
+class Derived:
+    name: str
+    expr: Expr
+    why: str
+
+
+def _share(key: str, stat: str, window: str) -> Expr:
+    """distinct values / calls of a key in a window (1.0: every call a new number), 0 without calls."""
+    return ratio(Ref(f"{key}__{stat}_{window}"), Ref(f"{key}__count_{window}"))
+
+
+def _rate_ratio(key: str, short: str, short_s: int, long: str, long_s: int) -> Expr:
+    """ln of the key's call rate in the short window over its rate in the long window (+1 smoothing on
+    counts scaled to the short window): > 0 is a burst against the key's own baseline, at any volume."""
+    return ln(ratio(Ref(f"{key}__count_{short}") + 1, Ref(f"{key}__count_{long}") * (short_s / long_s) + 1))
+
+
+def _excess(key: str, short: str, long: str) -> Expr:
+    """How much higher the key's short-unanswered share of recently ENDED calls is than over its
+    longer window (0 where either has no ended call): an outcome wave against the key's own baseline."""
+    s, lg = Ref(f"{key}__su_share_{short}"), Ref(f"{key}__su_share_{long}")
+    return if_positive((s + 1) * (lg + 1), s - lg, 0.0)
+
+
+DERIVED_FEATURES: tuple[Derived, ...] = (
+    Derived("a_range__distinct_a_share_1m", _share("a_range", "distinct_a", "1m"), "rotation: every call a new A-suffix"),
+    Derived("a_range__distinct_a_share_10m", _share("a_range", "distinct_a", "10m"), "rotation: every call a new A-suffix"),
+    Derived("a_range__distinct_a_share_1h", _share("a_range", "distinct_a", "1h"), "rotation: every call a new A-suffix"),
+    Derived("a_range__distinct_b_share_10m", _share("a_range", "distinct_b", "10m"), "B-number spread"),
+    Derived("a_block__distinct_a_share_10m", _share("a_block", "distinct_a", "10m"), "rotation over 6 digits"),
+    Derived("a_block__distinct_a_share_1h", _share("a_block", "distinct_a", "1h"), "rotation over 6 digits"),
+    Derived("a_country__distinct_a_share_10m", _share("a_country", "distinct_a", "10m"), "new numbers from one country"),
+    Derived("a_range__burst_10m_24h", _rate_ratio("a_range", "10m", 600, "24h", 86400), "the range against its own day"),
+    Derived("a_range__burst_1m_1h", _rate_ratio("a_range", "1m", 60, "1h", 3600), "the range against its own hour"),
+    Derived("a_block__burst_10m_24h", _rate_ratio("a_block", "10m", 600, "24h", 86400), "the block against its own day"),
+    Derived("a_country__burst_10m_24h", _rate_ratio("a_country", "10m", 600, "24h", 86400), "the country against its own day"),
+    Derived("ingress_trunk__burst_1m_1h", _rate_ratio("ingress_trunk", "1m", 60, "1h", 3600), "the trunk against its own hour"),
+    Derived("ingress_trunk__burst_10m_24h", _rate_ratio("ingress_trunk", "10m", 600, "24h", 86400), "the trunk against its own day"),
+    Derived("ingress_trunk__su_excess_1m_24h", _excess("ingress_trunk", "1m", "24h"), "short-unanswered wave on the trunk"),
+    Derived("ingress_trunk__su_excess_10m_24h", _excess("ingress_trunk", "10m", "24h"), "short-unanswered wave on the trunk"),
+    Derived("a_country__su_excess_10m_24h", _excess("a_country", "10m", "24h"), "short-unanswered wave from a country"),
+    Derived("a_range__trunk_share_10m", ratio(Ref("a_range__count_10m"), Ref("ingress_trunk__count_10m") + 1),
+            "the range's share of its trunk's recent calls"),
+    Derived("a_range__country_share_1h", ratio(Ref("a_range__count_1h"), Ref("a_country__count_1h") + 1),
+            "the range's share of its country's recent calls"),
+)
+
+
+# Every column call_features computes, in order: setup fields, primitive history, derived.
+FEATURE_NAMES: tuple[str, ...] = (SETUP_FEATURES + tuple(f.name for f in HISTORY_FEATURES)
+                                  + tuple(d.name for d in DERIVED_FEATURES))
+_INDEX = {n: i for i, n in enumerate(FEATURE_NAMES)}
+for _d in DERIVED_FEATURES:
+    assert all(_INDEX[r] < _INDEX[_d.name] for r in _d.expr.refs()), f"{_d.name} refers to a later feature"
+
+
+def _compile_derive():
+    """ONE Python function computing every derived feature from a row (list, FEATURE_NAMES order up
+    to the derived part), generated from the same expressions the SQL is rendered from."""
+    body = ", ".join(d.expr.py(_INDEX) for d in DERIVED_FEATURES)
+    namespace = {"_ln": math.log}
+    exec(f"def derive(r):\n    return [{body}]\n", namespace)  # noqa: S102 -- generated from DERIVED_FEATURES only
+    return namespace["derive"]
+
+
+derive = _compile_derive()
+
+# Inputs the models are trained on. Left out: absolute trunk volumes (a busier trunk than in training
+# would look like an attack, or hide one; the trunk enters through its bursts and outcome waves)
+# and raw country codes (a model would memorize where campaigns came from in training).
+MODEL_FEATURES: tuple[str, ...] = tuple(
+    n for n in FEATURE_NAMES if n not in ("a_cc", "b_cc", "weekday_local")
+    and not (n.startswith("ingress_trunk__count_")) and not n.startswith("a_country__count_"))
 
 # Identity columns carried in call_features beside the inputs (never model inputs).
 ID_COLUMNS = ("operator", "call_id", "partition_date", "start_time", "a_number", "a_range", "b_number", "ingress_trunk")
@@ -113,12 +343,7 @@ def _a_prefix(a_number: str | None, drop: int) -> str | None:
 
 def a_range_of(a_number: str | None) -> str | None:
     """The A-number without its last 4 digits (the block a flash-call OTP provider rotates in)."""
-    return _a_prefix(a_number, A_PREFIX_KEYS["a_range"])
-
-
-def a_block_of(a_number: str | None) -> str | None:
-    """The A-number without its last 6 digits (campaigns that rotate 5-6 trailing digits)."""
-    return _a_prefix(a_number, A_PREFIX_KEYS["a_block"])
+    return KEY_BY_NAME["a_range"].of(a_number)
 
 
 def country_code_of(number: str | None) -> int:
@@ -164,21 +389,13 @@ def _sql_number_type(col: str) -> str:
 
 
 _US = 1_000_000
-# a_range / a_block are functions of a_number: (a_range, a_number) pairs are just a_number values
-_DETERMINED_BY = {k: "a_number" for k in A_PREFIX_KEYS}
-
-
-def _sql_a_prefix(key: str, col: str = "c.a_number") -> str:
-    """SQL of `_a_prefix` (DuckDB slices are 1-based and inclusive: [1:-(drop + 1)] drops `drop`)."""
-    drop = A_PREFIX_KEYS[key]
-    return f"CASE WHEN length({col}) > {drop + 1} THEN {col}[1:-{drop + 1}] END"
 
 
 def _pair(f: HistoryFeature) -> tuple[str, ...]:
-    """Columns identifying 'the same (key, counted value)' pair of a distinct-count feature."""
-    cols = {f.key, DISTINCT_COLUMN[f.stat]}
-    cols -= {k for k, by in _DETERMINED_BY.items() if by in cols}
-    return tuple(sorted(cols))
+    """Columns identifying 'the same (key, counted value)' pair of a distinct-count feature. A key
+    computed from the counted field itself (a_range from a_number) adds nothing: the pair is the number."""
+    counted = DISTINCT_COLUMN[f.stat]
+    return (counted,) if KEY_BY_NAME[f.key].field == counted else tuple(sorted({f.key, counted}))
 
 
 def _flag(f: HistoryFeature, side: str) -> str:
@@ -337,26 +554,29 @@ def call_features_sql(day: str, timezones: dict[str, str], source: str = "mapped
     CAST(coalesce(length(b_number), 0) AS DOUBLE) AS b_len,
     CAST({_sql_number_type('a_number')} AS DOUBLE) AS a_type,
     CAST({_sql_number_type('b_number')} AS DOUBLE) AS b_type"""
-    a_range = _sql_a_prefix("a_range")
+    a_range = KEY_BY_NAME["a_range"].sql("c.a_number")
+    encoded = ",\n    ".join(_encode(k.sql(f"c.{k.field}"), k.name) if k.phone else
+                              f"{k.sql(f'c.{k.field}')} AS {k.name}_n, CASE WHEN {k.sql(f'c.{k.field}')} IS NOT NULL THEN '' END AS {k.name}_x"
+                              for k in KEY_DEFS)
+    paired = [k.name for k in KEY_DEFS if k.name in {c for f in HISTORY_FEATURES if f.stat in DISTINCT_COLUMN for c in (f.key, *_pair(f))}]
+    derived = "".join(f",\n  {d.expr.sql()} AS \"{d.name}\"" for d in DERIVED_FEATURES)
     hist = ",\n  ".join(
         f"CAST(coalesce(h_{f.key}.\"{f.name}\", {_DEFAULTS[f.stat]}) AS DOUBLE) AS \"{f.name}\"" for f in HISTORY_FEATURES)
     joins = " ".join(f"LEFT JOIN h_{k} USING (rid)" for k in keys)
     ordered = ", ".join(f'"{c}"' for c in ID_COLUMNS + FEATURE_NAMES)
     return f"""
-SELECT {ordered} FROM (
+SELECT {ordered} FROM (SELECT *{derived} FROM (
 WITH tz(operator, tz) AS (VALUES {tz_values}),
 base AS NOT MATERIALIZED (  -- narrow and cheap to re-read: materializing 10 M rows would spill
   SELECT c.rowid AS rid, c.partition_date = DATE '{day}' AS is_day,
-    {_encode('c.a_number', 'a_number')}, {_encode(a_range, 'a_range')}, {_encode(_sql_a_prefix('a_block'), 'a_block')},
-    {_encode('c.b_number', 'b_number')},
-    c.ingress_trunk AS ingress_trunk_n, CASE WHEN c.ingress_trunk IS NOT NULL THEN '' END AS ingress_trunk_x,
+    {encoded},
     epoch_us(c.start_time) AS t_us, epoch_us(greatest(c.end_time, c.start_time)) AS e_us,
     (NOT coalesce(c.answered, false) AND c.ring_s IS NOT NULL AND c.ring_s <= {SHORT_RING_S}) AS su
   FROM {source} c
   WHERE c.partition_date BETWEEN DATE '{day}' - 1 AND DATE '{day}'
 ),
 reps AS MATERIALIZED (  -- the few starts that repeat a counted pair within its window (flags false)
-  SELECT * FROM (SELECT {', '.join(f'{k}_n, {k}_x' for k in KEYS if k != 'ingress_trunk')}, t_us,
+  SELECT * FROM (SELECT {', '.join(f'{k}_n, {k}_x' for k in paired)}, t_us,
     {', '.join(_pair_flag_exprs())} FROM base)
   WHERE {' OR '.join(f"NOT {_flag(f, side)}" for f in HISTORY_FEATURES if f.stat in DISTINCT_COLUMN for side in ('new', 'last'))}
 ),
@@ -371,7 +591,7 @@ SELECT {', '.join('d.' + c for c in ID_COLUMNS)},
   {setup},
   {hist}
 FROM day_calls d {joins}
-)
+))
 """
 
 

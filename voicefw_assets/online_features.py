@@ -36,10 +36,10 @@ from voicefw_assets.features import (
     NUMBER_TYPE_PREFIXES,
     SETUP_FEATURES,
     SINCE_PREV_CAP_S,
-    a_block_of,
-    a_range_of,
     country_code_of,
+    derive,
     is_short_unanswered,
+    key_values,
     number_type_of,
 )
 
@@ -53,16 +53,11 @@ _PREFIX_LEN = max(4, *(len(p) for p in NUMBER_TYPE_PREFIXES))
 _COMPACT_MIN = 64  # evicted entries a key keeps (as a head offset) before its lists are compacted
 _HORIZON_US = (MAX_WINDOW_S + 60) * _US  # kept behind the newest event: largest window + 60 s for late events
 
-# `_setup_row` and `_key_values` below write these layouts; fail at import if features.py changes them.
+# `_setup_row` below writes this layout; fail at import if features.py changes it.
 assert SETUP_FEATURES == ("hour_local", "weekday_local", "a_withheld", "a_cc", "b_cc", "same_country",
                           "a_len", "b_len", "a_type", "b_type"), SETUP_FEATURES
-assert KEYS == ("a_number", "a_range", "a_block", "b_number", "ingress_trunk"), KEYS
 assert FEATURE_NAMES[: len(SETUP_FEATURES)] == SETUP_FEATURES
-
-
-def _key_values(a: str | None, b: str | None, trunk: str | None) -> tuple:
-    """A call's value of each key, in KEYS order (None: the call has no such key)."""
-    return (a, a_range_of(a), a_block_of(a), b, trunk)
+_N_PRIMITIVE = len(SETUP_FEATURES) + len(HISTORY_FEATURES)  # derived features follow (features.derive)
 
 
 def to_us(ts: datetime) -> int:
@@ -109,7 +104,7 @@ for _f in HISTORY_FEATURES:
 def _defaults() -> list[float]:
     """The history part of a row for a call with no earlier calls (what the SQL's coalesces give)."""
     out = []
-    for name in FEATURE_NAMES[len(SETUP_FEATURES):]:
+    for name in FEATURE_NAMES[len(SETUP_FEATURES):_N_PRIMITIVE]:
         f = next(f for f in HISTORY_FEATURES if f.name == name)
         out.append(SINCE_PREV_CAP_S if f.stat == "since_prev" else NO_ENDED if f.stat == "su_share" else 0.0)
     return out
@@ -273,7 +268,7 @@ class _KeyHistory:
 
 # ---------------------------------------------------------------- the history
 class OnlineHistory:
-    """Incremental history of calls (per A-number, A-range, A-block, B-number, ingress trunk) for online features.
+    """Incremental history of calls (per key of `features.KEY_DEFS`) for online features.
 
     Feed it `observe_start` at INVITE and `observe_end` at call end; ask `features(call)` before
     recording the call (or `score_start`, which does both with one set of lookups). Replaying the
@@ -343,13 +338,14 @@ class OnlineHistory:
         t = to_us(start)
         out = self._setup_row(operator, start, a, b)
         out += _HISTORY_DEFAULTS
-        kvs = _key_values(a, b, trunk)
+        kvs = key_values(a, b, trunk)
         if record_as is None:
             for m, kv in zip(self._maps, kvs):
                 if kv is not None:
                     h = m.get(kv)
                     if h is not None:
                         h.evaluate(t, out)
+            out += derive(out)
             return out
         hists = []
         for plan, m, kv in zip(_PLANS, self._maps, kvs):
@@ -362,6 +358,7 @@ class OnlineHistory:
                 h.add_start(t, a, b)
                 hists.append(h)
         self._opened(operator, record_as, t, tuple(hists))
+        out += derive(out)
         return out
 
     def _setup_row(self, operator: str, start: datetime, a: str | None, b: str | None) -> list:
@@ -392,7 +389,7 @@ class OnlineHistory:
 
     def _record(self, operator: str, call_id: str, t: int, a: str | None, b: str | None, trunk: str | None) -> None:
         hists = []
-        for plan, m, kv in zip(_PLANS, self._maps, _key_values(a, b, trunk)):
+        for plan, m, kv in zip(_PLANS, self._maps, key_values(a, b, trunk)):
             if kv is not None:
                 h = m.get(kv)
                 if h is None:
