@@ -275,12 +275,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voicefw", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("simulate", help="write simulated CDR drops for every operator into $VOICEFW_HOME/landing")
-    p.add_argument("--days", type=int, default=3)
-    p.add_argument("--calls-per-day", type=int, default=20000)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--start-date", default=None, help="first simulated UTC day (YYYY-MM-DD)")
+    p = sub.add_parser("simulate", help="write simulated CDR drops for every operator into $VOICEFW_HOME/landing",
+                       description="Simulated CDR drops of three operators (three formats, with dirt) into "
+                                   "$VOICEFW_HOME/landing and the ground truth into $VOICEFW_HOME/ground_truth. "
+                                   "Never overwrites a landed file: a period already simulated is refused.")
+    p.add_argument("--days", type=int, default=3, help="number of UTC days (default 3)")
+    p.add_argument("--calls-per-day", type=int, default=20000, help="calls per day over all operators (default 20000)")
+    p.add_argument("--seed", type=int, default=7, help="same seed and options, same bytes (default 7)")
+    p.add_argument("--start-date", default=None, help="first simulated UTC day, YYYY-MM-DD (default 2026-11-01)")
     p.add_argument("--home", default=None, help="VOICEFW_HOME to write into (default: $VOICEFW_HOME or ./data)")
+    p.add_argument("--trunk-concentration", type=float, default=0.0, metavar="SHARE",
+                   help="share of each operator's calls moved onto its first ingress trunk (0-1, default 0)")
+    p.add_argument("--concentrate-from-day", type=int, default=0, metavar="N",
+                   help="apply --trunk-concentration from the N-th simulated day (0-based) on (default 0)")
+    p.add_argument("--intensity", type=float, default=None, metavar="PER_MIN",
+                   help="flash campaigns send all calls in bursts of this many calls/min per A-range (default: mixed)")
+    p.add_argument("--late-ranges", type=int, default=0, metavar="N",
+                   help="N extra flash providers whose ranges appear only in the last two days")
+    p.add_argument("--new-countries", type=int, default=0, metavar="N",
+                   help="N extra flash providers, last two days only, from countries seen nowhere else")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("materialize", help="materialize assets for every partition with landed data, as Dagster runs")
