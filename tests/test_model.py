@@ -324,10 +324,10 @@ def test_bundle_kinds_score_and_explain_alike(tmp_path):
     from voicefw_assets.model_bundle import write_bundle
 
     rng = np.random.default_rng(0)
-    names = ["a_range__count_1m", "a_range__su_share_1h", "a_range__distinct_b_10m", "a_number__distinct_b_1h",
-             "a_number__su_share_24h"]
-    X = np.column_stack([rng.poisson(3, 4000), rng.random(4000), rng.poisson(5, 4000), rng.poisson(2, 4000), rng.random(4000)]).astype(float)
-    y = ((X[:, 0] > 4) & (X[:, 1] > 0.5)).astype(int)
+    names = C.rule_features(load_model_config().rules_baseline)
+    X = rng.random((4000, len(names))) * rng.choice([1.0, 10.0], len(names))
+    a, b = names.index("a_range__count_1m"), names.index("a_range__su_share_1h")  # what one rule reads
+    y = ((X[:, a] > np.median(X[:, a])) & (X[:, b] > np.median(X[:, b]))).astype(int)
     fit = C.Split(X, y, np.ones(len(y)))
     cfg = load_model_config().training
     payloads = {"linear": C.train_linear(fit, names, cfg), "rules": C.fit_rules(fit, names, load_model_config().rules_baseline)}
@@ -335,7 +335,7 @@ def test_bundle_kinds_score_and_explain_alike(tmp_path):
     state.write_text("x\n")
     for kind, payload in payloads.items():
         s = C.scores(payload, names, X)
-        assert C.evaluate(y, s)["roc_auc"] > 0.9
+        assert C.evaluate(y, s)["roc_auc"] > 0.8
         golden = [{"features": dict(zip(names, map(float, X[i]))), "score": float(s[i])} for i in range(5)]
         _, path = write_bundle(tmp_path / "models", kind=kind, model_text=payload["model_text"], feature_names=names,
                                thresholds={"flag": 0.5, "block": 0.9}, metrics={}, golden_rows=golden, trained_on=[],

@@ -122,16 +122,25 @@ def train_linear(fit: Split, names: list[str], cfg) -> dict:
     return {"kind": "linear", "model_text": json.dumps(model, indent=1)}
 
 
+def _threshold_grid(col: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Candidate thresholds of one rule feature: quantiles of the flash calls' values and the upper
+    tail of the others', never the minimum (a condition that always holds)."""
+    grid = np.concatenate([np.quantile(col[pos], (0.25, 0.5, 0.75, 0.9)) if pos.any() else [],
+                           np.quantile(col[~pos], (0.9, 0.99, 0.999)) if (~pos).any() else []])
+    grid = np.unique(grid[grid > col.min()])
+    return grid if grid.size else np.array([col.max() + 1.0])
+
+
 def fit_rules(fit: Split, names: list[str], shipped: dict[str, dict[str, float]]) -> dict:
-    """The shipped rules' shapes with thresholds refitted: per rule, the combination (from quantiles
-    of its features over the training days' flash calls) that maximizes the rule's own F1 on the
-    training days; then one logistic weight per rule, so fired rules add up to a ranked score."""
+    """The shipped rules' shapes with thresholds refitted: per rule, the combination of candidate
+    thresholds that maximizes the rule's own F1 on the training days; then one logistic weight per
+    rule, so fired rules add up to a ranked score."""
     pos = fit.y == 1
     rules = []
     for rule_name, conds in shipped.items():
         feats = list(conds)
         cols = [fit.X[:, names.index(f)] for f in feats]
-        grids = [np.unique(np.quantile(c[pos], (0.05, 0.1, 0.25, 0.5))) for c in cols]
+        grids = [_threshold_grid(c, pos) for c in cols]
         best, best_f1 = None, -1.0
         for combo in np.array(np.meshgrid(*grids)).T.reshape(-1, len(feats)):
             fired = np.logical_and.reduce([c >= t for c, t in zip(cols, combo)])
@@ -139,7 +148,8 @@ def fit_rules(fit: Split, names: list[str], shipped: dict[str, dict[str, float]]
             f1 = 2 * tp / ((fit.w * fired).sum() + (fit.w * pos).sum())
             if f1 > best_f1:
                 best, best_f1 = combo, f1
-        rules.append({"name": rule_name, "conditions": [[f, ">=", float(t)] for f, t in zip(feats, best)]})
+        rules.append({"name": rule_name, "conditions": [[f, ">=", float(t)] for f, t in zip(feats, best)],
+                      "train_f1": round(float(best_f1), 4)})
     ind = rule_indicators(rules, fit.X, names)
     lr = LogisticRegression(C=10.0, max_iter=200).fit(ind, fit.y, sample_weight=fit.w)
     for rule, wgt in zip(rules, lr.coef_[0]):
@@ -193,6 +203,8 @@ def gate_reasons(name: str, overall: dict | None, per_operator: dict, rules_over
         if overall["recall_at_p99"] < need:
             out.append(f"recall@P99 {overall['recall_at_p99']:.3f} < rules {rules_overall['recall_at_p99']:.3f} "
                        f"+ {g.min_margin_recall_at_p99}")
+        if overall["pr_auc"] <= rules_overall["pr_auc"]:
+            out.append(f"PR-AUC {overall['pr_auc']:.3f} <= rules {rules_overall['pr_auc']:.3f}")
     for op, m in sorted(per_operator.items()):
         if m["recall_at_p99"] < g.min_operator_recall_at_p99:
             out.append(f"{op}: recall@P99 {m['recall_at_p99']:.3f} < {g.min_operator_recall_at_p99}")

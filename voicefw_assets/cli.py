@@ -170,13 +170,19 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             raise_on_error=False,
         )
         checks = result.get_asset_check_evaluations()
-        bad = [c.check_name for c in checks if not c.passed]
+        from dagster import AssetCheckSeverity
+
+        bad = [c.check_name for c in checks if not c.passed and c.severity == AssetCheckSeverity.ERROR]
         status = "ok" if result.success and not bad else "FAILED" if not result.success else f"checks failed: {bad}"
         failed += status != "ok"
         print(
             f"[{i}/{len(plan)}] {names} {pkey or ''} -> {status} ({time.perf_counter() - t0:.1f}s, run {result.run_id[:8]})",
             flush=True,
         )
+        for c in checks:  # a warning (e.g. a rejected candidate) is reported, not a failure
+            if not c.passed:
+                why = c.metadata["reasons"].value if "reasons" in c.metadata else c.description or ""
+                print(f"    {c.check_name} ({c.severity.value.lower()}): {why}", flush=True)
     print(f"{len(plan)} runs in {time.perf_counter() - t_all:.1f}s, {failed} not ok; DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     return 1 if failed else 0
 

@@ -224,8 +224,9 @@ class Scenario:
     - trunk_concentration: share of each operator's calls (normal and campaign) moved onto its first
       ingress trunk, from day `concentrate_from_day` on: one busy ingress carries most traffic, so a
       campaign on it is a small share of that trunk (and a shift between training and later days).
-    - intensity: calls per minute per A-range while a campaign bursts; then every (non-slow) flash
-      campaign sends all its calls in bursts at that rate. None: today's mix of spread and bursts.
+    - intensity: calls per minute per A-range while a campaign bursts; then every range-based
+      (not slow, not SIM-farm) flash campaign sends all its calls in bursts at that rate. None:
+      today's mix of spread and bursts.
     - late_ranges: extra flash providers whose ranges appear only in the last two days.
     - new_countries: extra flash providers, only in the last two days, from countries that appear
       nowhere else in the traffic (nor in any earlier day).
@@ -464,7 +465,7 @@ class Simulator:
         """Start times: a share `c.burst` in bursts of 20-300 calls over 1-10 minutes, the rest spread
         over the day. With the scenario's `intensity`, a flash campaign sends everything in bursts
         whose rate per live range is that intensity."""
-        intensity = self.scenario.intensity if c.kind == "flash" and not c.slow else None
+        intensity = self.scenario.intensity if c.kind == "flash" and not (c.slow or c.simbox) else None
         n_burst = n if intensity else int(n * c.burst)
         t = _times(rng, n - n_burst, day0, profile)
         if n_burst:
@@ -472,7 +473,7 @@ class Simulator:
             centres = _times(rng, max(1, n_burst // size), day0, profile)
             width = rng.uniform(60_000, 600_000, len(centres))
             if intensity:
-                live = 1 if c.rotate or c.simbox else len(c.prefixes or (c.prefix,))
+                live = 1 if c.rotate else len(c.prefixes or (c.prefix,))
                 width[:] = n_burst / len(centres) / (intensity * live) * 60_000
             which = rng.integers(0, len(centres), n_burst)
             t = np.concatenate([t, centres[which] + (rng.random(n_burst) * width[which]).astype(np.int64)])
