@@ -27,9 +27,11 @@ run: setup
 	$(BIN)/voicefw materialize || echo "*** some runs failed or a check did not pass: the UI below shows which ***"
 	$(BIN)/voicefw up
 
-## test: set up and run the test suite (installs and starts a throwaway PostgreSQL for the Postgres tests)
+## test: set up and run the test suite (installs and starts a throwaway PostgreSQL for the Postgres tests,
+## and installs kamailio + sipp for the real-switch tests)
 test: setup
 	bash .ci/postgres.sh install
+	bash .ci/switches.sh install
 	$(BIN)/python -m pytest
 
 simulate: setup

@@ -12,6 +12,7 @@ from collections import defaultdict
 from datetime import date
 from pathlib import Path
 
+from voicefw_assets import export_ranges
 from voicefw_assets.settings import REPO_ROOT, paths
 
 LOCAL_DAGSTER_YAML = """\
@@ -314,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("version", help="a folder name under $VOICEFW_HOME/models")
     p.add_argument("--reason", default="manual promotion", help="recorded with the materialization")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("export-ranges", help="write a day's suspicious ranges as a CSV or a Kamailio/OpenSIPS dialplan table")
+    export_ranges.add_arguments(p)
+    p.set_defaults(func=export_ranges.run)
 
     p = sub.add_parser("serve", help="run the scoring service")
     p.add_argument("--host", default="127.0.0.1")
