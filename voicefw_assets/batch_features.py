@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from voicefw_assets.features import (
     DISTINCT_COLUMN,
@@ -42,6 +43,9 @@ _US = 1_000_000
 _SHIFT = 39  # bits for (time << 1 | flag): 2^38 µs = 76 h of history relative to the earliest call read
 _MAX_KEYS = 1 << (63 - _SHIFT)
 TABLE_PREFIX = "_vf_hist_"
+# DuckDB's memory limit while call_features runs: the history arrays live in numpy beside it
+# (10 M calls: ~1.5 GB), and the step stays within 3 GB (docs/measurements.md)
+HISTORY_DUCKDB_MEMORY = "1GB"
 
 
 def _used_keys() -> list[str]:
@@ -68,11 +72,11 @@ def _ids(values: np.ndarray) -> np.ndarray:
 
 
 def fetch_calls(con, day: str, source: str = "mapped_cdrs") -> dict:
-    """The calls of `day` and the day before, ordered by (start, rowid): start/end µs, the
+    """The calls of `day` and the day before in rowid (scan) order: start/end µs, the
     short-unanswered flag, the day's rows, rowids, and a dense id per key (-1: none).
 
     Phone-number fields come out of SQL as their digits ('+<digits>' values only; exact), a text
-    field (the trunk) as an id from a side table of its few distinct values. Keys computed from a
+    field (the trunk) as a hash of its few distinct values (checked collision-free). Keys computed from a
     number (its range, block, country) are computed from the digits in numpy (`Key.numeric`); the
     rare odd number (not '+<digits>') gets its keys from `Key.of`, the service's own function.
     pandas then factorizes the integers into dense ids (hashing, no sort)."""
@@ -81,26 +85,28 @@ def fetch_calls(con, day: str, source: str = "mapped_cdrs") -> dict:
     phone = {f: KEY_BY_NAME[f].phone for f in fields}
     where = f"c.partition_date BETWEEN DATE '{day}' - 1 AND DATE '{day}'"
     texts = [f for f in fields if not phone[f]]
-    side = "".join(f""" LEFT JOIN (SELECT v, row_number() OVER (ORDER BY v) AS id FROM
-        (SELECT DISTINCT c.{f} AS v FROM {source} c WHERE {where} AND c.{f} IS NOT NULL)) s_{f} ON s_{f}.v = c.{f}"""
-                   for f in texts)
-    inner = ", ".join(f"c.{f} AS {f}, TRY_CAST(c.{f}[2:] AS BIGINT) AS n_{f}" if phone[f] else f"coalesce(s_{f}.id, 0) AS {f}"
-                      for f in fields)
+    for f in texts:  # text values travel as a 63-bit hash (no join: the scan keeps rowid order); checked exact
+        n, h = con.execute(f"SELECT count(DISTINCT c.{f}), count(DISTINCT hash(c.{f}) >> 1) FROM {source} c WHERE {where}").fetchone()
+        if n != h:
+            raise ValueError(f"{f}: two of its {n} values share a hash; cannot key them apart")
+    inner = ", ".join(f"c.{f} AS {f}, TRY_CAST(c.{f}[2:] AS BIGINT) AS n_{f}" if phone[f] else
+                      f"coalesce(CAST(hash(c.{f}) >> 1 AS BIGINT) + 1, 0) AS {f}" for f in fields)
     cols = ", ".join(f'{_digits(f)} AS "{f}"' if phone[f] else f for f in fields)
     d = con.execute(f"""
     SELECT rid, is_day, t, e, su, {cols} FROM (
       SELECT c.rowid AS rid, c.partition_date = DATE '{day}' AS is_day, epoch_us(c.start_time) AS t,
         epoch_us(greatest(c.end_time, c.start_time)) AS e,
         (NOT coalesce(c.answered, false) AND c.ring_s IS NOT NULL AND c.ring_s <= {SHORT_RING_S}) AS su, {inner}
-      FROM {source} c{side} WHERE {where})
-    ORDER BY t, rid""").fetchnumpy()
+      FROM {source} c WHERE {where})""").fetchnumpy()
     out: dict = {name: np.asarray(d[name]) for name in ("rid", "e", "su")}
     t = np.asarray(d["t"])
     out["t0"] = int(t.min()) if len(t) else 0
     out["t_rel"] = t - out["t0"]
     out["is_day"] = np.asarray(d["is_day"], dtype=bool)
     out["day"] = np.flatnonzero(out["is_day"])
-    out["day_pos"] = np.cumsum(out["is_day"]) - 1  # a day row's position among the day's rows
+    if len(t) > 1 and (np.diff(out["rid"]) <= 0).any():  # a scan keeps rowid order; the join by position relies on it
+        raise ValueError("call rows did not come in rowid order")
+    out["day_pos"] = np.cumsum(out["is_day"]) - 1  # a day row's position among the day's rows (rowid order)
     if len(t) and out["t_rel"].max() >= (1 << (_SHIFT - 1)):
         raise ValueError("more than 76 h between the first and the last call read")
     raw = {f: np.asarray(d[f], dtype=np.int64) for f in fields}
@@ -157,43 +163,76 @@ def _pair_ids(calls: dict, cols: tuple[str, ...]) -> np.ndarray:
     return ids
 
 
+def _sort_by(ids: np.ndarray, t: np.ndarray, rows: np.ndarray, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows ordered by (id, t), the packed id << shift | t << 1 values in that order), with few
+    temporaries (10 M calls: every int64 array is 80 MB)."""
+    packed = ids[rows].astype(np.int64)
+    np.left_shift(packed, shift, out=packed)
+    tr = t[rows]
+    np.left_shift(tr, 1, out=tr)
+    np.bitwise_or(packed, tr, out=packed)
+    del tr
+    o = np.argsort(packed)
+    return rows[o], packed[o]
+
+
 def _runs(ids: np.ndarray, t: np.ndarray, windows: set[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per window w (µs): (head, tail) flags per call -- its previous / next start of the same pair
     is >= w away (or absent). Calls without a pair are neither."""
-    idx = np.flatnonzero(ids >= 0)
-    order = idx[np.argsort((ids[idx].astype(np.int64) << (_SHIFT - 1)) | t[idx])]
-    ts, same = t[order], ids[order[1:]] == ids[order[:-1]]
-    gap = np.diff(ts)
+    order, packed = _sort_by(ids, t, np.flatnonzero(ids >= 0), _SHIFT)
+    same = (packed[1:] >> _SHIFT) == (packed[:-1] >> _SHIFT)
+    gap = np.diff(t[order])
+    del packed
     out = {}
     for w in windows:
         far = ~same | (gap >= w)  # between consecutive starts of the sorted pairs
         head = np.zeros(len(ids), bool)
         tail = np.zeros(len(ids), bool)
-        head[order] = np.concatenate([[True], far])
-        tail[order] = np.concatenate([far, [True]])
+        head[order[:1]] = True
+        head[order[1:]] = far
+        tail[order[:-1]] = far
+        tail[order[-1:]] = True
         out[w] = (head, tail)
     return out
 
 
-def key_features(calls: dict, key: str) -> dict[str, np.ndarray]:
-    """Every history feature of `key` for the calls of the day (in `calls` order), as SQL's
-    coalesced defaults where the call has no such key or no history."""
-    feats = [f for f in HISTORY_FEATURES if f.key == key]
-    day, t, t0 = calls["day"], calls["t_rel"], calls["t0"]
-    kid = calls[key].astype(np.int64)
+def _ends(calls: dict, key: str) -> np.ndarray:
+    """The key's call ends, sorted, packed as id << 39 | end << 1 | short-unanswered."""
+    kid, t = calls[key], calls["t_rel"]
     valid = np.flatnonzero(kid >= 0)
-    order = valid[np.argsort((kid[valid] << _SHIFT) | (t[valid] << 1))]
-    starts = (kid[order] << _SHIFT) | (t[order] << 1)
+    horizon = int(t[calls["day"]].max()) + 1 if len(calls["day"]) else 0  # ends after the last start never count
+    e = np.minimum(calls["e"][valid] - calls["t0"], horizon)
+    np.left_shift(e, 1, out=e)
+    e |= calls["su"][valid]
+    ends = kid[valid].astype(np.int64)
+    del valid
+    np.left_shift(ends, _SHIFT, out=ends)
+    ends |= e
+    del e
+    ends.sort()
+    return ends
+
+
+def key_features(calls: dict, key: str, pool: ThreadPoolExecutor | None = None) -> dict[str, np.ndarray]:
+    """Every history feature of `key` for the calls of the day, in rowid order, as integers:
+    counts and distinct counts; since_prev as µs (-1: none within the window); su_share as its
+    numerator `<name>#num` and denominator `<name>#den` (divided in SQL: the same IEEE division).
+    With a `pool`, the ends are sorted in another thread meanwhile (numpy releases the GIL)."""
+    feats = [f for f in HISTORY_FEATURES if f.key == key]
+    shares = [f for f in feats if f.stat == "su_share"]
+    pending = pool.submit(_ends, calls, key) if pool is not None and shares else None
+    t, n_day = calls["t_rel"], len(calls["day"])
+    kid = calls[key]
+    order, starts = _sort_by(kid, t, np.flatnonzero(kid >= 0), _SHIFT)
     of_day = calls["is_day"][order]
-    qday = order[of_day]  # the day's calls with this key, in (key, time) order: sorted queries search fast
-    q = starts[of_day]
+    where = calls["day_pos"][order[of_day]]  # the day's calls with this key, in (key, time) order:
+    q = starts[of_day]  # sorted queries, so the binary searches stay in cache
     base = (q >> _SHIFT) << _SHIFT
     hi = np.searchsorted(starts, q, "left")
-    where = calls["day_pos"][qday]
     out: dict[str, np.ndarray] = {}
 
-    def put(name: str, values: np.ndarray, default: float) -> None:
-        col = np.full(len(day), default, dtype=np.float64)
+    def put(name: str, values: np.ndarray, dtype, default) -> None:
+        col = np.full(n_day, default, dtype=dtype)
         col[where] = values
         out[name] = col
 
@@ -204,63 +243,76 @@ def key_features(calls: dict, key: str) -> dict[str, np.ndarray]:
             lows[w] = np.searchsorted(starts, np.maximum(q - (w << 1), base), "left")
         return lows[w]
 
-    runs: dict[tuple, dict] = {}
     for f in feats:
         w = f.window_s * _US
         if f.stat == "count":
-            put(f.name, hi - lo(w), 0.0)
+            put(f.name, hi - lo(w), np.int32, 0)
         elif f.stat == "since_prev":
             prev = starts[np.maximum(hi - 1, 0)]
-            dt = t[qday] - ((prev & ((1 << _SHIFT) - 1)) >> 1)
-            has = (hi > 0) & ((prev >> _SHIFT) == kid[qday]) & (dt <= w)
-            put(f.name, np.where(has, dt / 1e6, SINCE_PREV_CAP_S), SINCE_PREV_CAP_S)
+            dt = (q - (prev & ((1 << _SHIFT) - 1) | base)) >> 1  # t - the latest earlier start of the key
+            has = (hi > 0) & ((prev >> _SHIFT) == (q >> _SHIFT)) & (dt <= w)
+            put(f.name, np.where(has, dt, -1), np.int64, -1)
         elif f.stat in DISTINCT_COLUMN:
-            cols = pair_columns(f)
-            if cols not in runs:
-                wins = {g.window_s * _US for g in feats if g.stat in DISTINCT_COLUMN and pair_columns(g) == cols}
-                runs[cols] = _runs(_pair_ids(calls, cols), t, wins)
-            head, tail = runs[cols][w]
-            heads = np.concatenate([[0], np.cumsum(head[order])])
-            tails = np.concatenate([[0], np.cumsum(tail[order])])
-            put(f.name, heads[hi] - tails[lo(w)], 0.0)
+            head, tail = calls["runs"][pair_columns(f)][w]
+            heads = np.concatenate([[0], np.cumsum(head[order], dtype=np.int32)])
+            tails = np.concatenate([[0], np.cumsum(tail[order], dtype=np.int32)])
+            put(f.name, heads[hi] - tails[lo(w)], np.int32, 0)
+            del heads, tails
         elif f.stat != "su_share":
             raise ValueError(f"batch_features cannot compute {f.stat!r} ({f.name})")
-    shares = [f for f in feats if f.stat == "su_share"]
+    del order, starts, lows
     if shares:
-        horizon = int(t[day].max()) + 1 if len(day) else 0  # ends after the last start never count
-        e = np.minimum(calls["e"][valid] - t0, horizon)
-        ends = np.sort((kid[valid] << _SHIFT) | (e << 1) | calls["su"][valid].astype(np.int64))
-        csum = np.concatenate([[0], np.cumsum(ends & 1)])
+        ends = pending.result() if pending is not None else _ends(calls, key)
+        csum = np.concatenate([[0], np.cumsum(ends & 1, dtype=np.int32)])
         ehi = np.searchsorted(ends, q, "left")
         for f in shares:
             elo = np.searchsorted(ends, np.maximum(q - ((f.window_s * _US) << 1), base), "left")
-            n = ehi - elo
-            put(f.name, np.where(n > 0, (csum[ehi] - csum[elo]) / np.maximum(n, 1), NO_ENDED), NO_ENDED)
+            put(f"{f.name}#num", csum[ehi] - csum[elo], np.int32, 0)
+            put(f"{f.name}#den", ehi - elo, np.int32, 0)
     return out
 
 
+def history_sql(f) -> str:
+    """The feature's DOUBLE value from the integers `key_features` writes (the SQL defaults of a
+    call without the key or without history are these same expressions over 0 / -1)."""
+    if f.stat == "su_share":
+        return f'CASE WHEN "{f.name}#den" = 0 THEN {NO_ENDED} ELSE "{f.name}#num" / "{f.name}#den" END'
+    if f.stat == "since_prev":
+        return f'CASE WHEN "{f.name}" < 0 THEN {SINCE_PREV_CAP_S} ELSE "{f.name}" / 1e6 END'
+    return f'"{f.name}"'  # counts stay INTEGER: DuckDB stores them far cheaper than DOUBLE
+
+
+def pair_runs(calls: dict, pool: ThreadPoolExecutor | None = None) -> dict[tuple, dict]:
+    """Run heads/tails of every (key, counted value) pair set, for all the windows its distinct
+    counts use (shared: a_range, a_block and a_country all count distinct A-numbers)."""
+    wins: dict[tuple, set] = {}
+    for f in HISTORY_FEATURES:
+        if f.stat in DISTINCT_COLUMN:
+            wins.setdefault(pair_columns(f), set()).add(f.window_s * _US)
+    job = lambda cols: _runs(_pair_ids(calls, cols), calls["t_rel"], wins[cols])  # noqa: E731
+    return dict(zip(wins, (pool.map(job, wins) if pool is not None else map(job, wins))))
+
+
 def history_tables(con, day: str, source: str = "mapped_cdrs") -> list[str]:
-    """Compute every history feature of `day`'s calls into temp tables (one per key, rows in
-    (start, rowid) order) plus `_vf_hist_rows` (the rowids in that order); returns their names for
-    a POSITIONAL JOIN. Keys are computed two at a time (numpy's sorts and searches release the
-    GIL) and written to DuckDB one at a time as they finish."""
+    """Compute every history feature of `day`'s calls into temp tables, one per key, rows in rowid
+    order; returns their names. Keys are computed two at a time (numpy's sorts and searches release
+    the GIL) and handed to DuckDB as they finish, zero-copy through Arrow."""
     calls = fetch_calls(con, day, source)
-    names = []
-    rows = pd.DataFrame({"rid": calls["rid"][calls["day"]]})
-    con.register("_vf_rows_df", rows)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {TABLE_PREFIX}rows AS SELECT * FROM _vf_rows_df")
-    con.unregister("_vf_rows_df")
-    names.append(f"{TABLE_PREFIX}rows")
+    rids = pa.table({f"{TABLE_PREFIX}rid": calls["rid"][calls["day"]]})
+    con.register("_vf_key", rids)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {TABLE_PREFIX}rows AS SELECT * FROM _vf_key")
+    con.unregister("_vf_key")
+    names = [f"{TABLE_PREFIX}rows"]
     keys = sorted({f.key for f in HISTORY_FEATURES}, key=[k.name for k in KEY_DEFS].index)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for key, result in zip(keys, pool.map(lambda k: key_features(calls, k), keys)):
-            frame = pd.DataFrame(result)
-            del result
-            con.register("_vf_key_df", frame)
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {TABLE_PREFIX}{key} AS SELECT * FROM _vf_key_df")
-            con.unregister("_vf_key_df")
+        calls["runs"] = pair_runs(calls, pool)
+        for key in keys:
+            table = pa.table(key_features(calls, key, pool))
+            con.register("_vf_key", table)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {TABLE_PREFIX}{key} AS SELECT * FROM _vf_key")
+            con.unregister("_vf_key")
             names.append(f"{TABLE_PREFIX}{key}")
-            del frame
+            del table
     return names
 
 
@@ -268,20 +320,24 @@ def call_features_select(con, day: str, timezones: dict[str, str], source: str =
     """Compute the history of `day` into temp tables of `con`, and return the SELECT producing
     call_features for the day (identity columns, setup, history, derived; ID_COLUMNS + FEATURE_NAMES
     order). Reads `source` for the day and the day before (24 h of history crosses the day boundary
-    and operators); `source` must be a table (its rowid joins the history back)."""
+    and operators). The history rows are in rowid order, so they meet the day's calls of `source`
+    by POSITIONAL JOIN (a scan keeps rowid order; a mismatch raises) instead of a 5 M-row hash join."""
     tables = history_tables(con, day, source)
     tz_values = ", ".join(f"('{op}', '{tz}')" for op, tz in sorted(timezones.items())) or "('', 'UTC')"
     ordered = ", ".join(f'"{c}"' for c in ID_COLUMNS + FEATURE_NAMES)
+    hist = ",\n    ".join(f'{history_sql(f)} AS "{f.name}"' for f in HISTORY_FEATURES)
     return f"""
 SELECT {ordered} FROM (SELECT *{derived_sql()} FROM (
   WITH tz(operator, tz) AS (VALUES {tz_values}),
-  h AS (SELECT * FROM {' POSITIONAL JOIN '.join(tables)})
+  c AS (SELECT rowid AS rid, operator, call_id, partition_date, start_time, a_number, b_number, ingress_trunk
+        FROM {source} WHERE partition_date = DATE '{day}'),
+  joined AS (SELECT * FROM c POSITIONAL JOIN {' POSITIONAL JOIN '.join(tables)})
   SELECT operator, call_id, partition_date, start_time, a_number, {KEY_BY_NAME['a_range'].sql('a_number')} AS a_range,
-    b_number, ingress_trunk, {setup_sql()}, * EXCLUDE (rid, operator, call_id, partition_date, start_time, a_number,
-    b_number, ingress_trunk, local_ts)
-  FROM (SELECT c.operator, c.call_id, c.partition_date, c.start_time, c.a_number, c.b_number, c.ingress_trunk,
-          timezone(coalesce(tz.tz, 'UTC'), c.start_time) AS local_ts, h.*
-        FROM h JOIN {source} c ON c.rowid = h.rid LEFT JOIN tz ON tz.operator = c.operator)
+    b_number, ingress_trunk, {setup_sql()},
+    {hist}
+  FROM (SELECT j.*, timezone(coalesce(tz.tz, 'UTC'), j.start_time) AS local_ts
+        FROM (SELECT *, CASE WHEN rid <> "{TABLE_PREFIX}rid" THEN error('call_features: rows out of step') END AS _check
+              FROM joined) j LEFT JOIN tz ON tz.operator = j.operator)
 ))
 """
 
