@@ -34,6 +34,7 @@ from voicefw_assets.features import (
     FEATURE_NAMES,
     ID_COLUMNS,
     SINCE_PREV_CAP_S,
+    country_code_sql,
     derived_sql,
     pair_columns,
     setup_sql,
@@ -43,9 +44,6 @@ _US = 1_000_000
 _SHIFT = 39  # bits for (time << 1 | flag): 2^38 µs = 76 h of history relative to the earliest call read
 _MAX_KEYS = 1 << (63 - _SHIFT)
 TABLE_PREFIX = "_vf_hist_"
-# DuckDB's memory limit while call_features runs: the history arrays live in numpy beside it
-# (10 M calls: ~1.5 GB), and the step stays within 3 GB (docs/measurements.md)
-HISTORY_DUCKDB_MEMORY = "1GB"
 
 
 def _used_keys() -> list[str]:
@@ -335,7 +333,8 @@ SELECT {ordered} FROM (SELECT *{derived_sql()} FROM (
   SELECT operator, call_id, partition_date, start_time, a_number, {KEY_BY_NAME['a_range'].sql('a_number')} AS a_range,
     b_number, ingress_trunk, {setup_sql()},
     {hist}
-  FROM (SELECT j.*, timezone(coalesce(tz.tz, 'UTC'), j.start_time) AS local_ts
+  FROM (SELECT j.*, timezone(coalesce(tz.tz, 'UTC'), j.start_time) AS local_ts,
+          {country_code_sql('j.a_number')} AS a_cc_, {country_code_sql('j.b_number')} AS b_cc_
         FROM (SELECT *, CASE WHEN rid <> "{TABLE_PREFIX}rid" THEN error('call_features: rows out of step') END AS _check
               FROM joined) j LEFT JOIN tz ON tz.operator = j.operator)
 ))

@@ -136,10 +136,10 @@ def _build() -> tuple[HistoryFeature, ...]:
 
 HISTORY_FEATURES: tuple[HistoryFeature, ...] = _build()
 
-SETUP_FEATURES: tuple[str, ...] = (
-    "hour_local", "weekday_local", "a_withheld", "a_cc", "b_cc", "same_country",
-    "a_len", "b_len", "a_type", "b_type",
-)
+# The call's own setup fields. Not the raw country codes (a model memorizes where training campaigns
+# came from; `a_country` history says what a country's calls do now) nor the weekday (a few training
+# days cannot teach it).
+SETUP_FEATURES: tuple[str, ...] = ("hour_local", "a_withheld", "same_country", "a_len", "b_len", "a_type", "b_type")
 
 
 # ---------------------------------------------------------------- derived features
@@ -310,12 +310,10 @@ def _compile_derive():
 
 derive = _compile_derive()
 
-# Inputs the models are trained on. Left out: absolute trunk volumes (a busier trunk than in training
-# would look like an attack, or hide one; the trunk enters through its bursts and outcome waves)
-# and raw country codes (a model would memorize where campaigns came from in training).
+# Inputs the models are trained on. Left out: absolute trunk and country volumes (a busier trunk than
+# in training would look like an attack, or hide one; the trunk enters through its bursts and outcome waves).
 MODEL_FEATURES: tuple[str, ...] = tuple(
-    n for n in FEATURE_NAMES if n not in ("a_cc", "b_cc", "weekday_local")
-    and not (n.startswith("ingress_trunk__count_")) and not n.startswith("a_country__count_"))
+    n for n in FEATURE_NAMES if not n.startswith("ingress_trunk__count_") and not n.startswith("a_country__count_"))
 
 # Identity columns carried in call_features beside the inputs (never model inputs).
 ID_COLUMNS = ("operator", "call_id", "partition_date", "start_time", "a_number", "a_range", "b_number", "ingress_trunk")
@@ -406,18 +404,21 @@ def pair_columns(f: HistoryFeature) -> tuple[str, ...]:
 
 
 def setup_sql() -> str:
-    """SQL of the setup features over a call's own columns (a_number, b_number) and `local_ts`."""
-    return f"""
+    """SQL of the setup features over a call's own columns (a_number, b_number), `local_ts`, and
+    `a_cc_` / `b_cc_` (their country codes, `country_code_sql`, computed once in a subquery)."""
+    return """
     CAST(hour(local_ts) AS DOUBLE) AS hour_local,
-    CAST(isodow(local_ts) AS DOUBLE) AS weekday_local,
     CAST(a_number IS NULL AS DOUBLE) AS a_withheld,
-    CAST({_sql_country_code('a_number')} AS DOUBLE) AS a_cc,
-    CAST({_sql_country_code('b_number')} AS DOUBLE) AS b_cc,
-    CAST(a_number IS NOT NULL AND {_sql_country_code('a_number')} = {_sql_country_code('b_number')} AS DOUBLE) AS same_country,
+    CAST(a_number IS NOT NULL AND a_cc_ = b_cc_ AS DOUBLE) AS same_country,
     CAST(coalesce(length(a_number), 0) AS DOUBLE) AS a_len,
     CAST(coalesce(length(b_number), 0) AS DOUBLE) AS b_len,
-    CAST({_sql_number_type('a_number')} AS DOUBLE) AS a_type,
-    CAST({_sql_number_type('b_number')} AS DOUBLE) AS b_type"""
+    CAST({a_type} AS DOUBLE) AS a_type,
+    CAST({b_type} AS DOUBLE) AS b_type""".format(a_type=_sql_number_type("a_number"), b_type=_sql_number_type("b_number"))
+
+
+def country_code_sql(col: str) -> str:
+    """SQL of `country_code_of` (0: none)."""
+    return _sql_country_code(col)
 
 
 def derived_sql() -> str:

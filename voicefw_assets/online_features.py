@@ -54,8 +54,7 @@ _COMPACT_MIN = 64  # evicted entries a key keeps (as a head offset) before its l
 _HORIZON_US = (MAX_WINDOW_S + 60) * _US  # kept behind the newest event: largest window + 60 s for late events
 
 # `_setup_row` below writes this layout; fail at import if features.py changes it.
-assert SETUP_FEATURES == ("hour_local", "weekday_local", "a_withheld", "a_cc", "b_cc", "same_country",
-                          "a_len", "b_len", "a_type", "b_type"), SETUP_FEATURES
+assert SETUP_FEATURES == ("hour_local", "a_withheld", "same_country", "a_len", "b_len", "a_type", "b_type"), SETUP_FEATURES
 assert FEATURE_NAMES[: len(SETUP_FEATURES)] == SETUP_FEATURES
 _N_PRIMITIVE = len(SETUP_FEATURES) + len(HISTORY_FEATURES)  # derived features follow (features.derive)
 
@@ -371,8 +370,7 @@ class OnlineHistory:
         local = start.astimezone(zone)
         a_cc, a_len, a_type = self._number(a)
         b_cc, b_len, b_type = self._number(b)
-        return [float(local.hour), float(local.isoweekday()), float(a is None), a_cc, b_cc,
-                float(a is not None and a_cc == b_cc), a_len, b_len, a_type, b_type]
+        return [float(local.hour), float(a is None), float(a is not None and a_cc == b_cc), a_len, b_len, a_type, b_type]
 
     def _number(self, number: str | None) -> tuple[float, float, float]:
         """(country code, length, type) of a number. Code and type depend only on the first
