@@ -210,8 +210,8 @@ def gate_reasons(name: str, overall: dict | None, per_operator: dict, rules_over
         if overall["recall_at_p99"] < need:
             out.append(f"recall@P99 {overall['recall_at_p99']:.3f} < rules {rules_overall['recall_at_p99']:.3f} "
                        f"+ {g.min_margin_recall_at_p99}")
-        if overall["pr_auc"] <= rules_overall["pr_auc"]:
-            out.append(f"PR-AUC {overall['pr_auc']:.3f} <= rules {rules_overall['pr_auc']:.3f}")
+        if overall["pr_auc"] <= rules_overall["pr_auc"] + g.min_margin_pr_auc:
+            out.append(f"PR-AUC {overall['pr_auc']:.3f} <= rules {rules_overall['pr_auc']:.3f} + {g.min_margin_pr_auc}")
     for op, m in sorted(per_operator.items()):
         if m["recall_at_p99"] < g.min_operator_recall_at_p99:
             out.append(f"{op}: recall@P99 {m['recall_at_p99']:.3f} < {g.min_operator_recall_at_p99}")

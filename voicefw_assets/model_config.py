@@ -51,6 +51,7 @@ class GateConfig(_Strict):
     min_pr_auc: float
     min_precision_at_fpr_0_1pct: float
     min_recall_at_p99: float
+    min_margin_pr_auc: float
     min_margin_recall_at_p99: float
     min_operator_recall_at_p99: float
     min_operator_precision_at_fpr_0_1pct: float
