@@ -34,8 +34,8 @@ from voicefw_assets.features import (
     FEATURE_NAMES,
     ID_COLUMNS,
     SINCE_PREV_CAP_S,
-    country_code_sql,
     derived_sql,
+    number_setup,
     pair_columns,
     setup_sql,
 )
@@ -110,6 +110,10 @@ def fetch_calls(con, day: str, source: str = "mapped_cdrs") -> dict:
     raw = {f: np.asarray(d[f], dtype=np.int64) for f in fields}
     odd_rows = {f: np.flatnonzero(raw[f] < 0) for f in fields if phone[f]}
     odd_values = _odd_values(con, source, out["rid"], odd_rows)
+    for f in ("a_number", "b_number"):  # the setup features read from the numbers, for the day's calls
+        day_of = {int(out["day_pos"][r]): v for r, v in zip(odd_rows.get(f, []), odd_values.get(f, [])) if out["is_day"][r]}
+        for name, values in number_setup(raw[f][out["day"]], day_of).items():
+            out[f"{f[0]}_{name}_"] = values
     for k in keys:
         v = raw[k.field]
         if phone[k.field]:
@@ -174,66 +178,42 @@ def _sort_by(ids: np.ndarray, t: np.ndarray, rows: np.ndarray, shift: int) -> tu
     return rows[o], packed[o]
 
 
-def _runs(ids: np.ndarray, t: np.ndarray, windows: set[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per window w (µs): (head, tail) flags per call -- its previous / next start of the same pair
-    is >= w away (or absent). Calls without a pair are neither."""
-    order, packed = _sort_by(ids, t, np.flatnonzero(ids >= 0), _SHIFT)
+PARTS = 2  # a key's values split by id parity: independent halves, computed in two threads
+
+
+def _part(ids: np.ndarray, part: int) -> np.ndarray:
+    """Rows whose id (>= 0) falls in this part: no history crosses parts, so parts run apart."""
+    return np.flatnonzero((ids >= 0) & (ids % PARTS == part))
+
+
+def _runs(ids: np.ndarray, t: np.ndarray, windows: set[int], part: int, out: dict) -> None:
+    """Per window w (µs), into out[w] = (head, tail): whether a call's previous / next start of the
+    same pair is >= w away (or absent). Calls without a pair are neither. Writes only this part's rows."""
+    order, packed = _sort_by(ids, t, _part(ids, part), _SHIFT)
     same = (packed[1:] >> _SHIFT) == (packed[:-1] >> _SHIFT)
     gap = np.diff(t[order])
     del packed
-    out = {}
     for w in windows:
+        head, tail = out[w]
         far = ~same | (gap >= w)  # between consecutive starts of the sorted pairs
-        head = np.zeros(len(ids), bool)
-        tail = np.zeros(len(ids), bool)
         head[order[:1]] = True
         head[order[1:]] = far
         tail[order[:-1]] = far
         tail[order[-1:]] = True
-        out[w] = (head, tail)
-    return out
 
 
-def _ends(calls: dict, key: str) -> np.ndarray:
-    """The key's call ends, sorted, packed as id << 39 | end << 1 | short-unanswered."""
-    kid, t = calls[key], calls["t_rel"]
-    valid = np.flatnonzero(kid >= 0)
-    horizon = int(t[calls["day"]].max()) + 1 if len(calls["day"]) else 0  # ends after the last start never count
-    e = np.minimum(calls["e"][valid] - calls["t0"], horizon)
-    np.left_shift(e, 1, out=e)
-    e |= calls["su"][valid]
-    ends = kid[valid].astype(np.int64)
-    del valid
-    np.left_shift(ends, _SHIFT, out=ends)
-    ends |= e
-    del e
-    ends.sort()
-    return ends
-
-
-def key_features(calls: dict, key: str, pool: ThreadPoolExecutor | None = None) -> dict[str, np.ndarray]:
-    """Every history feature of `key` for the calls of the day, in rowid order, as integers:
-    counts and distinct counts; since_prev as µs (-1: none within the window); su_share as its
-    numerator `<name>#num` and denominator `<name>#den` (divided in SQL: the same IEEE division).
-    With a `pool`, the ends are sorted in another thread meanwhile (numpy releases the GIL)."""
+def _key_part(calls: dict, key: str, part: int, out: dict[str, np.ndarray]) -> None:
+    """The history features of one part of `key`'s values for the calls of the day, written into
+    `out` (preallocated day columns, rowid order) at this part's rows."""
     feats = [f for f in HISTORY_FEATURES if f.key == key]
-    shares = [f for f in feats if f.stat == "su_share"]
-    pending = pool.submit(_ends, calls, key) if pool is not None and shares else None
-    t, n_day = calls["t_rel"], len(calls["day"])
-    kid = calls[key]
-    order, starts = _sort_by(kid, t, np.flatnonzero(kid >= 0), _SHIFT)
+    t, kid = calls["t_rel"], calls[key]
+    rows = _part(kid, part)
+    order, starts = _sort_by(kid, t, rows, _SHIFT)
     of_day = calls["is_day"][order]
-    where = calls["day_pos"][order[of_day]]  # the day's calls with this key, in (key, time) order:
+    where = calls["day_pos"][order[of_day]]  # the day's calls of this part, in (key, time) order:
     q = starts[of_day]  # sorted queries, so the binary searches stay in cache
     base = (q >> _SHIFT) << _SHIFT
     hi = np.searchsorted(starts, q, "left")
-    out: dict[str, np.ndarray] = {}
-
-    def put(name: str, values: np.ndarray, dtype, default) -> None:
-        col = np.full(n_day, default, dtype=dtype)
-        col[where] = values
-        out[name] = col
-
     lows: dict[int, np.ndarray] = {}
 
     def lo(w: int) -> np.ndarray:
@@ -244,30 +224,70 @@ def key_features(calls: dict, key: str, pool: ThreadPoolExecutor | None = None) 
     for f in feats:
         w = f.window_s * _US
         if f.stat == "count":
-            put(f.name, hi - lo(w), np.int32, 0)
+            out[f.name][where] = hi - lo(w)
         elif f.stat == "since_prev":
             prev = starts[np.maximum(hi - 1, 0)]
             dt = (q - (prev & ((1 << _SHIFT) - 1) | base)) >> 1  # t - the latest earlier start of the key
             has = (hi > 0) & ((prev >> _SHIFT) == (q >> _SHIFT)) & (dt <= w)
-            put(f.name, np.where(has, dt, -1), np.int64, -1)
+            out[f.name][where] = np.where(has, dt, -1)
         elif f.stat in DISTINCT_COLUMN:
             head, tail = calls["runs"][pair_columns(f)][w]
             heads = np.concatenate([[0], np.cumsum(head[order], dtype=np.int32)])
             tails = np.concatenate([[0], np.cumsum(tail[order], dtype=np.int32)])
-            put(f.name, heads[hi] - tails[lo(w)], np.int32, 0)
+            out[f.name][where] = heads[hi] - tails[lo(w)]
             del heads, tails
         elif f.stat != "su_share":
             raise ValueError(f"batch_features cannot compute {f.stat!r} ({f.name})")
     del order, starts, lows
+    shares = [f for f in feats if f.stat == "su_share"]
     if shares:
-        ends = pending.result() if pending is not None else _ends(calls, key)
+        horizon = int(t[calls["day"]].max()) + 1 if len(calls["day"]) else 0  # ends after the last start never count
+        e = np.minimum(calls["e"][rows] - calls["t0"], horizon)
+        np.left_shift(e, 1, out=e)
+        e |= calls["su"][rows]
+        ends = kid[rows].astype(np.int64)  # packed: id << 39 | end << 1 | short-unanswered
+        del rows
+        np.left_shift(ends, _SHIFT, out=ends)
+        ends |= e
+        del e
+        ends.sort()
         csum = np.concatenate([[0], np.cumsum(ends & 1, dtype=np.int32)])
         ehi = np.searchsorted(ends, q, "left")
         for f in shares:
             elo = np.searchsorted(ends, np.maximum(q - ((f.window_s * _US) << 1), base), "left")
-            put(f"{f.name}#num", csum[ehi] - csum[elo], np.int32, 0)
-            put(f"{f.name}#den", ehi - elo, np.int32, 0)
+            out[f"{f.name}#num"][where] = csum[ehi] - csum[elo]
+            out[f"{f.name}#den"][where] = ehi - elo
+
+
+def _columns(key: str, n_day: int) -> dict[str, np.ndarray]:
+    """The integer day columns `key_features` fills, with the values of a call without history:
+    counts 0; since_prev -1 (none); su_share as numerator `#num` / denominator `#den`, 0 / 0."""
+    out = {}
+    for f in HISTORY_FEATURES:
+        if f.key != key:
+            continue
+        if f.stat == "su_share":
+            out[f"{f.name}#num"] = np.zeros(n_day, np.int32)
+            out[f"{f.name}#den"] = np.zeros(n_day, np.int32)
+        elif f.stat == "since_prev":
+            out[f.name] = np.full(n_day, -1, np.int64)
+        else:
+            out[f.name] = np.zeros(n_day, np.int32)
     return out
+
+
+def key_features(calls: dict, key: str, pool: ThreadPoolExecutor | None = None) -> dict[str, np.ndarray]:
+    """Every history feature of `key` for the calls of the day, in rowid order, as integers
+    (`_columns`; divided and scaled in SQL by `history_sql`: the same IEEE arithmetic as online).
+    With a `pool`, the parts of the key's values are computed in parallel threads."""
+    out = _columns(key, len(calls["day"]))
+    _each_part(pool, lambda part: _key_part(calls, key, part, out))
+    return out
+
+
+def _each_part(pool: ThreadPoolExecutor | None, job) -> None:
+    """job(part) for every part: in the pool's threads when there is one (results are written in place)."""
+    list(pool.map(job, range(PARTS)) if pool is not None else map(job, range(PARTS)))
 
 
 def history_sql(f) -> str:
@@ -287,8 +307,12 @@ def pair_runs(calls: dict, pool: ThreadPoolExecutor | None = None) -> dict[tuple
     for f in HISTORY_FEATURES:
         if f.stat in DISTINCT_COLUMN:
             wins.setdefault(pair_columns(f), set()).add(f.window_s * _US)
-    job = lambda cols: _runs(_pair_ids(calls, cols), calls["t_rel"], wins[cols])  # noqa: E731
-    return dict(zip(wins, (pool.map(job, wins) if pool is not None else map(job, wins))))
+    out = {}
+    for cols, ws in wins.items():
+        ids = _pair_ids(calls, cols)
+        flags = out[cols] = {w: (np.zeros(len(ids), bool), np.zeros(len(ids), bool)) for w in ws}
+        _each_part(pool, lambda part, ids=ids, ws=ws, flags=flags: _runs(ids, calls["t_rel"], ws, part, flags))
+    return out
 
 
 def history_tables(con, day: str, source: str = "mapped_cdrs") -> list[str]:
@@ -296,7 +320,8 @@ def history_tables(con, day: str, source: str = "mapped_cdrs") -> list[str]:
     order; returns their names. Keys are computed two at a time (numpy's sorts and searches release
     the GIL) and handed to DuckDB as they finish, zero-copy through Arrow."""
     calls = fetch_calls(con, day, source)
-    rids = pa.table({f"{TABLE_PREFIX}rid": calls["rid"][calls["day"]]})
+    rids = pa.table({f"{TABLE_PREFIX}rid": calls["rid"][calls["day"]],
+                     **{f"{p}_{n}_": calls.pop(f"{p}_{n}_") for p in "ab" for n in ("cc", "type", "len")}})
     con.register("_vf_key", rids)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {TABLE_PREFIX}rows AS SELECT * FROM _vf_key")
     con.unregister("_vf_key")
@@ -333,8 +358,7 @@ SELECT {ordered} FROM (SELECT *{derived_sql()} FROM (
   SELECT operator, call_id, partition_date, start_time, a_number, {KEY_BY_NAME['a_range'].sql('a_number')} AS a_range,
     b_number, ingress_trunk, {setup_sql()},
     {hist}
-  FROM (SELECT j.*, timezone(coalesce(tz.tz, 'UTC'), j.start_time) AS local_ts,
-          {country_code_sql('j.a_number')} AS a_cc_, {country_code_sql('j.b_number')} AS b_cc_
+  FROM (SELECT j.*, timezone(coalesce(tz.tz, 'UTC'), j.start_time) AS local_ts
         FROM (SELECT *, CASE WHEN rid <> "{TABLE_PREFIX}rid" THEN error('call_features: rows out of step') END AS _check
               FROM joined) j LEFT JOIN tz ON tz.operator = j.operator)
 ))

@@ -372,6 +372,23 @@ def number_type_of(number: str | None) -> int:
     return 0
 
 
+def number_setup(digits: np.ndarray, odd: dict[int, str]) -> dict[str, np.ndarray]:
+    """`country_code_of`, `number_type_of` and the length of many numbers at once, for the batch:
+    '+<digits>' numbers given as their digits (> 0; 0: NULL), any other text in `odd` (position ->
+    text, through the scalar functions). Held equal to the scalar functions by the parity tests."""
+    n = np.maximum(np.asarray(digits, dtype=np.int64), 0)
+    length = np.where(n > 0, np.floor(np.log10(np.maximum(n, 1))).astype(np.int64) + 1, 0)
+    kind = np.zeros(len(n), np.int64)
+    for prefix in sorted(NUMBER_TYPE_PREFIXES, key=len):  # longer prefixes override shorter ones
+        width = len(prefix) - 1
+        head = n // 10 ** np.maximum(length - width, 0)
+        kind = np.where((length >= width) & (head == int(prefix[1:])), NUMBER_TYPE_CODES[NUMBER_TYPE_PREFIXES[prefix]], kind)
+    out = {"cc": KEY_BY_NAME["a_country"].numeric(n), "type": kind, "len": np.where(n > 0, length + 1, 0)}
+    for i, text in odd.items():
+        out["cc"][i], out["type"][i], out["len"][i] = country_code_of(text), number_type_of(text), len(text)
+    return out
+
+
 def is_short_unanswered(answered: bool | None, ring_s: float | None) -> bool:
     """History's outcome notion (of an ENDED earlier call). NULL ring counts as not short."""
     return (not answered) and ring_s is not None and ring_s <= SHORT_RING_S
@@ -388,14 +405,6 @@ def _sql_country_code(col: str) -> str:
     return f"(CASE WHEN {col} IS NULL OR NOT starts_with({col}, '+') THEN 0 {' '.join(parts)} ELSE 0 END)"
 
 
-def _sql_number_type(col: str) -> str:
-    whens = " ".join(
-        f"WHEN starts_with({col}, '{p}') THEN {NUMBER_TYPE_CODES[NUMBER_TYPE_PREFIXES[p]]}"
-        for p in sorted(NUMBER_TYPE_PREFIXES, key=len, reverse=True)
-    )
-    return f"(CASE WHEN {col} IS NULL THEN 0 {whens} ELSE 0 END)"
-
-
 def pair_columns(f: HistoryFeature) -> tuple[str, ...]:
     """Keys identifying 'the same (key, counted value)' pair of a distinct-count feature. A key
     computed from the counted field itself (a_range from a_number) adds nothing: the pair is the number."""
@@ -404,21 +413,16 @@ def pair_columns(f: HistoryFeature) -> tuple[str, ...]:
 
 
 def setup_sql() -> str:
-    """SQL of the setup features over a call's own columns (a_number, b_number), `local_ts`, and
-    `a_cc_` / `b_cc_` (their country codes, `country_code_sql`, computed once in a subquery)."""
+    """SQL of the setup features over `local_ts`, a_number, and the numbers' country codes, types and
+    lengths (`a_cc_`, `b_cc_`, `a_type_`, `b_type_`, `a_len_`, `b_len_`: `number_setup`, in the batch)."""
     return """
     CAST(hour(local_ts) AS DOUBLE) AS hour_local,
     CAST(a_number IS NULL AS DOUBLE) AS a_withheld,
     CAST(a_number IS NOT NULL AND a_cc_ = b_cc_ AS DOUBLE) AS same_country,
-    CAST(coalesce(length(a_number), 0) AS DOUBLE) AS a_len,
-    CAST(coalesce(length(b_number), 0) AS DOUBLE) AS b_len,
-    CAST({a_type} AS DOUBLE) AS a_type,
-    CAST({b_type} AS DOUBLE) AS b_type""".format(a_type=_sql_number_type("a_number"), b_type=_sql_number_type("b_number"))
-
-
-def country_code_sql(col: str) -> str:
-    """SQL of `country_code_of` (0: none)."""
-    return _sql_country_code(col)
+    CAST(a_len_ AS DOUBLE) AS a_len,
+    CAST(b_len_ AS DOUBLE) AS b_len,
+    CAST(a_type_ AS DOUBLE) AS a_type,
+    CAST(b_type_ AS DOUBLE) AS b_type"""
 
 
 def derived_sql() -> str:
