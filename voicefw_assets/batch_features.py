@@ -104,7 +104,7 @@ def fetch_calls(con, day: str, source: str = "mapped_cdrs") -> dict:
     out["day"] = np.flatnonzero(out["is_day"])
     if len(t) > 1 and (np.diff(out["rid"]) <= 0).any():  # a scan keeps rowid order; the join by position relies on it
         raise ValueError("call rows did not come in rowid order")
-    out["day_pos"] = np.cumsum(out["is_day"]) - 1  # a day row's position among the day's rows (rowid order)
+    out["day_pos"] = (np.cumsum(out["is_day"]) - 1).astype(np.int32)  # a day row's position among the day's rows (rowid order)
     if len(t) and out["t_rel"].max() >= (1 << (_SHIFT - 1)):
         raise ValueError("more than 76 h between the first and the last call read")
     raw = {f: np.asarray(d[f], dtype=np.int64) for f in fields}
@@ -315,32 +315,40 @@ def pair_runs(calls: dict, pool: ThreadPoolExecutor | None = None) -> dict[tuple
     return out
 
 
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """The smallest integer type that holds the column (DuckDB reads it as that type; SQL casts)."""
+    if values.dtype.kind != "i" or not len(values):
+        return values
+    for dtype in (np.int8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= values.min() and values.max() <= info.max:
+            return values.astype(dtype)
+    return values
+
+
 def history_tables(con, day: str, source: str = "mapped_cdrs") -> list[str]:
-    """Compute every history feature of `day`'s calls into temp tables, one per key, rows in rowid
-    order; returns their names. Keys are computed two at a time (numpy's sorts and searches release
-    the GIL) and handed to DuckDB as they finish, zero-copy through Arrow."""
+    """Compute every history feature of `day`'s calls, rows in rowid order, and register them with
+    `con` as Arrow tables (zero-copy views of the numpy columns, kept alive by the registration; one
+    per key plus `<prefix>rows`: rowids and the numbers' setup values); returns their names. Each key
+    is computed by two threads (halves of its values; numpy's sorts and searches release the GIL)."""
     calls = fetch_calls(con, day, source)
-    rids = pa.table({f"{TABLE_PREFIX}rid": calls["rid"][calls["day"]],
-                     **{f"{p}_{n}_": calls.pop(f"{p}_{n}_") for p in "ab" for n in ("cc", "type", "len")}})
-    con.register("_vf_key", rids)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {TABLE_PREFIX}rows AS SELECT * FROM _vf_key")
-    con.unregister("_vf_key")
-    names = [f"{TABLE_PREFIX}rows"]
+    tables = {"rows": {f"{TABLE_PREFIX}rid": calls["rid"][calls["day"]],
+                       **{f"{p}_{n}_": _narrow(calls.pop(f"{p}_{n}_")) for p in "ab" for n in ("cc", "type", "len")}}}
     keys = sorted({f.key for f in HISTORY_FEATURES}, key=[k.name for k in KEY_DEFS].index)
     with ThreadPoolExecutor(max_workers=2) as pool:
         calls["runs"] = pair_runs(calls, pool)
         for key in keys:
-            table = pa.table(key_features(calls, key, pool))
-            con.register("_vf_key", table)
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {TABLE_PREFIX}{key} AS SELECT * FROM _vf_key")
-            con.unregister("_vf_key")
-            names.append(f"{TABLE_PREFIX}{key}")
-            del table
+            tables[key] = {name: _narrow(col) for name, col in key_features(calls, key, pool).items()}
+    del calls
+    names = []
+    for key, columns in tables.items():
+        con.register(f"{TABLE_PREFIX}{key}", pa.table(columns))
+        names.append(f"{TABLE_PREFIX}{key}")
     return names
 
 
 def call_features_select(con, day: str, timezones: dict[str, str], source: str = "mapped_cdrs") -> str:
-    """Compute the history of `day` into temp tables of `con`, and return the SELECT producing
+    """Compute the history of `day` into tables registered with `con`, and return the SELECT producing
     call_features for the day (identity columns, setup, history, derived; ID_COLUMNS + FEATURE_NAMES
     order). Reads `source` for the day and the day before (24 h of history crosses the day boundary
     and operators). The history rows are in rowid order, so they meet the day's calls of `source`
