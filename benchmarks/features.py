@@ -24,8 +24,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from resources.warehouse import Warehouse  # noqa: E402
-from voicefw_assets.batch_features import call_features_select  # noqa: E402
+from voicefw_assets.batch_features import HISTORY_DUCKDB_MEMORY, call_features_select  # noqa: E402
 from voicefw_assets.features import FEATURE_NAMES  # noqa: E402
 
 DAY = "2026-03-02"
@@ -101,8 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=1_000_000)
     ap.add_argument("--train-rows", type=int, default=0, help="also time LightGBM training on this many rows")
-    ap.add_argument("--memory-limit", default=Warehouse.model_fields["memory_limit"].default,
-                    help="DuckDB's limit (default: the warehouse resource's)")
+    ap.add_argument("--memory-limit", default=HISTORY_DUCKDB_MEMORY, help="DuckDB's limit (default: what call_features sets)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

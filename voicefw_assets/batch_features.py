@@ -44,6 +44,9 @@ _US = 1_000_000
 _SHIFT = 39  # bits for (time << 1 | flag): 2^38 µs = 76 h of history relative to the earliest call read
 _MAX_KEYS = 1 << (63 - _SHIFT)
 TABLE_PREFIX = "_vf_hist_"
+# DuckDB's memory limit while call_features runs: the history columns live in numpy beside it, and
+# 10 M calls then peak at 2.6 GiB (2 GB: 3.0 GiB) at the same speed (docs/measurements.md)
+HISTORY_DUCKDB_MEMORY = "1GB"
 
 
 def _used_keys() -> list[str]:

@@ -35,7 +35,7 @@ from resources.model_store import ModelStore
 from resources.warehouse import WAREHOUSE_POOL, Warehouse
 from voicefw_assets import candidates as C
 from voicefw_assets import charts
-from voicefw_assets.batch_features import call_features_select
+from voicefw_assets.batch_features import HISTORY_DUCKDB_MEMORY, call_features_select
 from voicefw_assets import features as F
 from voicefw_assets.labels import call_labels_sql, label_quality_sql
 from voicefw_assets.model_bundle import Bundle, load_bundle, score_matrix
@@ -101,6 +101,7 @@ def _md(df: pd.DataFrame, n: int = 20) -> str:
 def call_features(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     day = context.partition_key
     with warehouse.connect() as con:
+        con.execute(f"SET memory_limit = '{HISTORY_DUCKDB_MEMORY}'")  # the history columns live in numpy beside it
         n = _replace_partition(con, "call_features", day, call_features_select(con, day, _timezones()), context.log)
         stats = con.execute(f"""SELECT count(DISTINCT a_range), max("a_range__count_1m"), avg("a_range__count_1m")
             FROM call_features WHERE partition_date = DATE '{day}'""").fetchone()
