@@ -60,6 +60,7 @@ def matrix(quick: bool) -> list[Scenario]:
         Scenario("intensity 100/min", 31, knobs={"intensity": 100}),
         Scenario("late ranges + unseen countries", 32, 5, knobs={"late-ranges": 3, "new-countries": 3}),
         Scenario("7 days x 30k", 33, 7, 30000),
+        Scenario("issue #9 seed 5 (5 days x 20k)", 5, 5, 20000),
     ]
 
 

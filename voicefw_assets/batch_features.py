@@ -300,7 +300,7 @@ def history_sql(f) -> str:
         return f'CASE WHEN "{f.name}#den" = 0 THEN {NO_ENDED} ELSE "{f.name}#num" / "{f.name}#den" END'
     if f.stat == "since_prev":
         return f'CASE WHEN "{f.name}" < 0 THEN {SINCE_PREV_CAP_S} ELSE "{f.name}" / 1e6 END'
-    return f'"{f.name}"'  # counts stay INTEGER: DuckDB stores them far cheaper than DOUBLE
+    return f'CAST("{f.name}" AS INTEGER)'  # counts stay INTEGER (stored far cheaper than DOUBLE), whatever width numpy handed over
 
 
 def pair_runs(calls: dict, pool: ThreadPoolExecutor | None = None) -> dict[tuple, dict]:
