@@ -63,7 +63,8 @@ def call_labels_sql(day: str, cfg: LabelConfig, source: str = "mapped_cdrs") -> 
     return f"""
 WITH c AS (
   SELECT operator, call_id, partition_date, start_time, epoch(start_time) AS t, a_number, b_number, ingress_trunk,
-    coalesce(answered, false) AND coalesce(duration_s, 0) > {cfg.max_answered_s} AS conversation,
+    (coalesce(answered, false) AND coalesce(duration_s, 0) > {cfg.max_answered_s})
+      OR coalesce(ring_s, 0) > {cfg.campaign_max_ring_s} AS conversation,
     {flash_like_sql(cfg)} AS flash_like
   FROM {source}
   WHERE partition_date BETWEEN DATE '{day}' - 1 AND DATE '{day}'
@@ -88,26 +89,31 @@ bait AS (
   SELECT a_number FROM c WHERE flash_like AND a_number IS NOT NULL
   GROUP BY ALL HAVING count(DISTINCT b_number) >= {cfg.wangiri_min_b_numbers}
 ),
-fl_g AS (  -- flash_like calls of the day, once per group a burst can show in: their trunk, their A-country
-  SELECT operator, call_id, t, a_number, 'trunk ' || operator || ' ' || ingress_trunk AS grp
-  FROM c WHERE flash_like AND ingress_trunk IS NOT NULL AND partition_date = DATE '{day}'
+fl_g AS (  -- the day's calls, once per group a burst can show in: their trunk, their A-country
+  SELECT operator, call_id, t, a_number, flash_like, 'trunk ' || operator || ' ' || ingress_trunk AS grp
+  FROM c WHERE ingress_trunk IS NOT NULL AND partition_date = DATE '{day}'
   UNION ALL
-  SELECT operator, call_id, t, a_number, 'country ' || {country} AS grp
-  FROM c WHERE flash_like AND {country} IS NOT NULL AND partition_date = DATE '{day}'
+  SELECT operator, call_id, t, a_number, flash_like, 'country ' || {country} AS grp
+  FROM c WHERE {country} IS NOT NULL AND partition_date = DATE '{day}'
 ),
 fl_w AS (
-  SELECT operator, call_id,
-    count(DISTINCT a_number) OVER (PARTITION BY grp ORDER BY t RANGE BETWEEN {w} PRECEDING AND {w} FOLLOWING) AS near,
-    count(*) OVER (PARTITION BY grp ORDER BY t RANGE BETWEEN {w} PRECEDING AND {w} FOLLOWING) AS near_all,
-    count(*) OVER (PARTITION BY grp ORDER BY t RANGE BETWEEN {6 * w} PRECEDING AND {6 * w} FOLLOWING) AS wide
-  FROM fl_g
+  SELECT operator, call_id, flash_like,
+    count(DISTINCT CASE WHEN flash_like THEN a_number END) OVER near_w AS near,
+    sum(flash_like::INTEGER) OVER near_w AS near_fl, count(*) OVER near_w AS near_calls,
+    sum(flash_like::INTEGER) OVER (PARTITION BY grp ORDER BY t RANGE BETWEEN {6 * w} PRECEDING AND {6 * w} FOLLOWING) AS wide_fl
+  FROM fl_g WINDOW near_w AS (PARTITION BY grp ORDER BY t RANGE BETWEEN {w} PRECEDING AND {w} FOLLOWING)
 ),
-fl AS (  -- a burst: many distinct A-numbers within +-w, at burst_min_ratio x the rate of the 5x longer time around;
-          -- only a burst call whose A-number made no other call in the two days counts (spoofed CLIs never
-          -- recur; a subscriber's own short cancel that happens to fall in the burst usually does)
+fl AS (  -- a burst: many distinct A-numbers of short unanswered calls within +-w, either at burst_min_ratio x
+          -- their rate over the 5x longer time around, or making burst_min_ratio x the day's share of such
+          -- calls over all traffic (when bursts follow each other, the time around is no baseline). Only a burst call
+          -- whose A-number made no other call in the two days counts (spoofed CLIs never recur; a
+          -- subscriber's own short cancel that happens to fall in the burst usually does).
   SELECT fl_w.operator, fl_w.call_id,
-    bool_or(near >= {cfg.burst_min_calls} AND 5 * near >= {cfg.burst_min_ratio} * (wide - near_all)) AND any_value(a_calls.n) = 1 AS burst
-  FROM fl_w JOIN c USING (operator, call_id) JOIN (SELECT a_number, count(*) AS n FROM c GROUP BY ALL) a_calls USING (a_number)
+    bool_or(near >= {cfg.burst_min_calls} AND (5 * near >= {cfg.burst_min_ratio} * (wide_fl - near_fl)
+            OR near_fl >= {cfg.burst_min_ratio} * day.share * near_calls)) AND any_value(a_calls.n) = 1 AS burst
+  FROM fl_w JOIN c USING (operator, call_id) JOIN (SELECT a_number, count(*) AS n FROM c GROUP BY ALL) a_calls USING (a_number),
+    (SELECT avg(flash_like::INTEGER) AS share FROM c WHERE partition_date = DATE '{day}') day
+  WHERE fl_w.flash_like
   GROUP BY ALL
 ),
 lab AS (

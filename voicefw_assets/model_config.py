@@ -22,6 +22,7 @@ class LabelConfig(_Strict):
 
     flash_max_ring_s: float
     max_answered_s: float
+    campaign_max_ring_s: float
     campaign_levels: tuple[int, ...]
     campaign_min_calls: int = Field(ge=1)
     campaign_min_share: float = Field(ge=0, le=1)
