@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/features.py --calls 10000000 [--train-rows 2000000]
 
 The synthetic table is generated in DuckDB SQL (two UTC days, N/2 calls each; the features of
-the second day read the first as history). Prints wall time, CPU time (both DuckDB threads) and peak RSS (this process + DuckDB); the machine
+the second day read the first as history). call_features runs as the asset runs it
+(batch_features.call_features_select: history in numpy, written back to DuckDB). Prints wall time, CPU time (both DuckDB threads) and peak RSS (this process + DuckDB); the machine
 is shared, so compare CPU time and the load average when wall times differ.
-Targets: 10 M calls <= 60 s, peak RSS <= 3 GB; training 2 M rows <= 60 s.
+Targets: 10 M calls <= 60 s, peak RSS <= 3 GB; training 2 M rows <= 60 s (all candidates, as
+flash_call_model trains them).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from voicefw_assets.features import FEATURE_NAMES, call_features_sql  # noqa: E402
+from voicefw_assets.batch_features import HISTORY_DUCKDB_MEMORY, call_features_select  # noqa: E402
+from voicefw_assets.features import FEATURE_NAMES  # noqa: E402
 
 DAY = "2026-03-02"
 
@@ -58,6 +61,37 @@ FROM c
 """
 
 
+def train(con, rows: int) -> None:
+    """Time what flash_call_model trains on `rows` rows: LightGBM (early-stopped on the validation
+    fold), logistic regression and the velocity rules, through the same code (voicefw_assets.candidates)."""
+    import numpy as np
+
+    from voicefw_assets import candidates as C
+    from voicefw_assets.assets.modeling import model_inputs
+    from voicefw_assets.model_config import load_model_config
+
+    mc = load_model_config()
+    names = model_inputs(mc)
+    cols = ", ".join(f'"{c}"' for c in names)
+    n = con.execute("SELECT count(*) FROM call_features").fetchone()[0]
+    reps = -(-rows // n)  # repeat the day's rows (shifted in time) when it has fewer than `rows`
+    d = con.execute(f"""SELECT {cols} FROM (SELECT * FROM call_features, range({reps}) r(i)) USING SAMPLE {rows} ROWS
+        ORDER BY start_time""").fetchnumpy()
+    X = np.column_stack([d[c] for c in names]).astype(np.float64)
+    rng = np.random.default_rng(0)
+    y = ((X[:, names.index("a_range__distinct_a_10m")] > 3) ^ (rng.random(len(X)) < 0.01)).astype(int)
+    split = C.Split(X, y, np.ones(len(y)))
+    cut = C.validation_cut(len(y), mc.training.validation_share)
+    fit, valid = split.rows(slice(0, cut)), split.rows(slice(cut, None))
+    for name, run in (("lightgbm", lambda: C.train_lightgbm(fit, valid, names, mc.training)),
+                      ("logistic_regression", lambda: C.train_linear(fit, names, mc.training)),
+                      ("rules", lambda: C.fit_rules(fit, names, mc.rules_baseline))):
+        t0 = time.perf_counter()
+        out = run()
+        print(f"training {name} on {len(X):,} rows x {len(names)} features: {time.perf_counter() - t0:.1f} s"
+              + (f" ({out['rounds']} rounds)" if out.get("rounds") else "") + f"; peak RSS {rss_gb():.2f} GB", flush=True)
+
+
 def rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
@@ -66,7 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=1_000_000)
     ap.add_argument("--train-rows", type=int, default=0, help="also time LightGBM training on this many rows")
-    ap.add_argument("--memory-limit", default="2GB")
+    ap.add_argument("--memory-limit", default=HISTORY_DUCKDB_MEMORY, help="DuckDB's limit (default: what call_features sets)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,25 +114,14 @@ def main() -> None:
         print(f"generated {args.calls:,} synthetic calls in {time.perf_counter() - t0:.1f} s")
         tz = {"operator_a": "Europe/London", "operator_b": "Europe/Berlin", "operator_c": "UTC"}
         t0, c0 = time.perf_counter(), time.process_time()
-        con.execute(f"CREATE TABLE call_features AS {call_features_sql(DAY, tz)}")
+        con.execute(f"CREATE TABLE call_features AS {call_features_select(con, DAY, tz)}")
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         n_out = con.execute("SELECT count(*) FROM call_features").fetchone()[0]
         print(f"call_features: {args.calls:,} calls read (2 days), {n_out:,} feature rows, "
               f"{len(FEATURE_NAMES)} features in {dt:.1f} s (CPU {cpu:.1f} s, load {os.getloadavg()[0]:.1f}); "
               f"peak RSS {rss_gb():.2f} GB")
         if args.train_rows:
-            import lightgbm as lgb
-            import numpy as np
-
-            cols = ", ".join(f'"{c}"' for c in FEATURE_NAMES)
-            X = con.execute(f"SELECT {cols} FROM call_features USING SAMPLE {args.train_rows} ROWS").fetchnumpy()
-            X = np.column_stack([X[c] for c in FEATURE_NAMES]).astype(np.float64)
-            y = (X[:, FEATURE_NAMES.index("a_range__distinct_a_10m")] > 3).astype(int) ^ (np.random.default_rng(0).random(len(X)) < 0.01)
-            t0 = time.perf_counter()
-            lgb.train({"objective": "binary", "num_leaves": 31, "learning_rate": 0.1, "verbose": -1, "num_threads": args.threads},
-                      lgb.Dataset(X, y), num_boost_round=200)
-            print(f"LightGBM training on {len(X):,} rows x {X.shape[1]} features, 200 rounds: "
-                  f"{time.perf_counter() - t0:.1f} s; peak RSS {rss_gb():.2f} GB")
+            train(con, args.train_rows)
         con.close()
 
 

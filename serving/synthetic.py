@@ -1,6 +1,6 @@
 """A small but real model bundle from synthetic calls, for the serving tests and benchmark.
 
-It goes through the same code as production: features from `call_features_sql` (DuckDB, in
+It goes through the same code as production: features from `call_features_select` (DuckDB, in
 memory: never the warehouse), a LightGBM booster, `model_bundle.write_bundle` with golden rows and
 an online-history state, and a `serving_model` materialization recorded in a Dagster instance.
 """
@@ -19,7 +19,8 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from voicefw_assets.features import FEATURE_NAMES, call_features_sql
+from voicefw_assets.batch_features import call_features_select
+from voicefw_assets.features import FEATURE_NAMES
 from voicefw_assets.model_bundle import score_matrix, write_bundle
 from voicefw_assets.online_features import STATE_COLUMNS, STATE_FILE, STATE_META, to_us
 from voicefw_assets.operators import operator_configs
@@ -88,7 +89,7 @@ def batch_features(calls: Calls, day: date) -> pd.DataFrame:
         "CAST(start_time AS TIMESTAMPTZ) AS start_time, CAST(end_time AS TIMESTAMPTZ) AS end_time, "
         "a_number, b_number, ingress_trunk, answered, ring_s FROM calls_df"
     )
-    out = con.execute(call_features_sql(day.isoformat(), timezones(), source="mapped")).df()
+    out = con.execute(call_features_select(con, day.isoformat(), timezones(), source="mapped")).df()
     con.close()
     return out
 

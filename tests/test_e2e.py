@@ -47,7 +47,8 @@ INGEST_CHECKS = ("rows_reconcile", "unique_call_id", "times_inside_partition", "
 # and docs/measurements.md are): a few thousand calls a day are too few to promise the shipped floors,
 # so they are off here; the gates still run and must pass, the leakage guard as shipped.
 TEST_MODEL_CONFIG = """\
-gates: {min_pr_auc: 0.0, min_recall_at_p99: 0.0, min_margin_pr_auc: -1.0, min_precision_at_fpr_0_1pct: 0.0, min_margin_recall_at_p99: -1.0}
+gates: {min_pr_auc: 0.0, min_recall_at_p99: 0.0, min_margin_pr_auc: -1.0, min_precision_at_fpr_0_1pct: 0.0, min_margin_recall_at_p99: -1.0,
+        min_operator_recall_at_p99: 0.0, min_operator_precision_at_fpr_0_1pct: 0.0}
 """
 
 

@@ -16,7 +16,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from voicefw_assets.features import FEATURE_NAMES, ID_COLUMNS, call_features_sql
+from voicefw_assets.batch_features import call_features_select
+from voicefw_assets.features import FEATURE_NAMES, ID_COLUMNS
 from voicefw_assets.online_features import OnlineHistory
 
 TZ = {"operator_a": "Europe/London", "operator_b": "Europe/Berlin", "operator_c": "UTC"}
@@ -123,7 +124,7 @@ def make_mapped_cdrs(db: Path, days: list[str], n_normal: int = 1500, seed: int 
 def batch_features(db: Path, day: str) -> pd.DataFrame:
     con = duckdb.connect(str(db))
     con.execute("SET TimeZone='UTC'")
-    df = con.execute(call_features_sql(day, TZ)).df()
+    df = con.execute(call_features_select(con, day, TZ)).df()
     con.close()
     return df.sort_values(["operator", "call_id"]).reset_index(drop=True)
 
@@ -160,9 +161,21 @@ def online_features(db: Path, day: str, hist: OnlineHistory | None = None, first
 DAYS = ["2026-03-01", "2026-03-02"]
 
 
+def _odd_numbers() -> list[dict]:
+    """Calls whose numbers are not '+<digits>' (a SIP URI, a national spelling, a short code): keys
+    of such values take the SQL path of the batch, not the digits path."""
+    out = []
+    for i in range(40):
+        start = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc) + timedelta(seconds=7 * i)
+        out.append(dict(operator="operator_b", call_id=f"odd{i}", partition_date=date(2026, 3, 2), start_time=start,
+                        end_time=start + timedelta(seconds=2), a_number=["sip:alice@x", "07700900123", "+44 7700 900123", "+1"][i % 4],
+                        b_number=["+4930123", "sip:bob@y"][i % 2], ingress_trunk="fra-gw1", answered=False, ring_s=1.0))
+    return out
+
+
 def test_online_equals_batch_sql(tmp_path):
     db = tmp_path / "w.duckdb"
-    make_mapped_cdrs(db, DAYS, n_normal=1200)
+    make_mapped_cdrs(db, DAYS, n_normal=1200, extra=_odd_numbers())
     batch, online = batch_features(db, DAYS[1]), online_features(db, DAYS[1])
     assert list(batch.columns) == list(ID_COLUMNS) + list(FEATURE_NAMES)
     assert len(batch) == len(online) > 1000

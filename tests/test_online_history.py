@@ -9,8 +9,8 @@ from bisect import bisect_left, insort
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
-from voicefw_assets.features import DISTINCT_COLUMN, FEATURE_NAMES, HISTORY_FEATURES, NO_ENDED, SINCE_PREV_CAP_S, a_block_of, \
-    a_range_of, is_short_unanswered
+from voicefw_assets.features import DISTINCT_COLUMN, FEATURE_NAMES, HISTORY_FEATURES, KEYS, NO_ENDED, SINCE_PREV_CAP_S, \
+    is_short_unanswered, key_values
 from voicefw_assets.online_features import OnlineHistory, to_us
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -25,7 +25,7 @@ class BruteForce:
 
     @staticmethod
     def keys(a, b, trunk):
-        return {"a_number": a, "a_range": a_range_of(a), "a_block": a_block_of(a), "b_number": b, "ingress_trunk": trunk}
+        return dict(zip(KEYS, key_values(a, b, trunk), strict=True))
 
     def start(self, t, a, b, trunk):
         for k, v in self.keys(a, b, trunk).items():

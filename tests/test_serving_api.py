@@ -36,7 +36,7 @@ def _serve(settings: ServingSettings, bundle_path: Path | None):
 
 def test_replayed_day_equals_batch_features_and_scores(world) -> None:
     """A held-back day replayed in time order (starts -> /v1/score, ends -> /v1/calls/end) gives
-    exactly call_features_sql's features and score_matrix's scores."""
+    exactly call_features_select's features and score_matrix's scores."""
     calls, path = world
     bundle = load_bundle(path)
     expected = batch_features(calls, DAY2).set_index("call_id")
@@ -65,7 +65,7 @@ def test_replayed_day_equals_batch_features_and_scores(world) -> None:
     assert max(abs(got_scores[c] - want_scores[c]) for c in want_scores) <= 1e-9
     assert {"allow", "block"} <= decisions  # the model separates the synthetic flash calls
     # history features were really exercised (not all defaults)
-    assert expected["a_range__count_1h"].max() >= 2 and expected["b_number__su_share_24h"].max() > 0
+    assert expected["a_range__count_10m"].max() >= 2 and expected["b_number__su_share_24h"].max() > 0
 
 
 def test_batch_replay_scores_like_single_calls(world) -> None:

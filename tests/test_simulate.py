@@ -386,3 +386,61 @@ def test_drops_map_with_the_operator_configs(tmp_path, monkeypatch):
     assert rows["flash/operator_b"] == rows["flash/operator_c"] == ["cancelled"]
     assert rows["flash/operator_a"] == ["no_answer"]  # Asterisk cannot tell a cancel from no answer
     assert all(rows[f"busy/{op}"] == ["busy"] and rows[f"answered/{op}"] == ["answered"] for op in OPS)
+
+
+def test_landing_is_append_only(tmp_path, capsys):
+    """A second run over days already simulated is refused before anything is written; a run that
+    continues the first never replaces a file (a taken name gets a numbered sibling) and brings
+    call ids of its own."""
+    from voicefw_assets.cli import main
+    from voicefw_assets.simulate import SimulationRefused
+
+    simulate(tmp_path, days=2, calls_per_day=800, seed=3)
+    before = digests(tmp_path)
+    with pytest.raises(SimulationRefused, match="already holds simulated days"):
+        simulate(tmp_path, days=2, calls_per_day=800, seed=4, start_date=date(2026, 11, 2))
+    assert main(["simulate", "--home", str(tmp_path), "--days", "1", "--start-date", "2026-11-01"]) == 2
+    assert "refused: " in capsys.readouterr().err
+    assert digests(tmp_path) == before
+    taken = tmp_path / "landing" / "operator_a" / "Master-20261103-0400Z.csv"
+    taken.write_text("someone else's drop\n")
+    before = digests(tmp_path)
+    summary = simulate(tmp_path, days=1, calls_per_day=800, seed=4, start_date=date(2026, 11, 3))
+    after = digests(tmp_path)
+    assert all(after[k] == v for k, v in before.items()), "a landed file changed"
+    assert "Master-20261103-0400Z-2.csv" in {p.name for p in (tmp_path / "landing" / "operator_a").iterdir()}
+    assert summary["files"]["operator_a"] > 3
+    ids = defaultdict(set)
+    for p in sorted((tmp_path / "ground_truth").rglob("*.csv")):
+        with p.open() as fh:
+            day_ids = {(r["operator"], r["call_id"]) for r in csv.DictReader(fh)}
+        ids[p.stem] |= day_ids
+    assert not (ids["2026-11-03"] & (ids["2026-11-01"] | ids["2026-11-02"]))
+
+
+def test_scenario_knobs():
+    """Trunk concentration (from a day on), burst intensity, late ranges and unseen countries do what they say."""
+    import numpy as np
+
+    from voicefw_assets.simulate import FLASH, OPS, UNSEEN_SPACES, Scenario, Simulator
+
+    sc = Scenario(trunk_concentration=0.9, concentrate_from_day=2, intensity=60, late_ranges=2, new_countries=2)
+    sim = Simulator(4, 3000, 5, date(2026, 11, 1), OPS, False, sc)
+    days = [sim.day_calls(d) for d in range(4)]
+    on_first = [float(np.mean(d["tin"] == 0)) for d in days]
+    assert max(on_first[:2]) < 0.5 and min(on_first[2:]) > 0.85
+    base = len(Simulator(4, 3000, 5, date(2026, 11, 1), OPS, False).campaigns)
+    late = set(range(base, len(sim.campaigns)))  # the scenario's extra providers come after the everyday ones
+    assert len(late) == 4 and all(sim.campaigns[i].first_day == 2 and sim.campaigns[i].kind == "flash" for i in late)
+    for d in range(4):
+        present = set(np.unique(days[d]["camp"][days[d]["truth"] == FLASH]))
+        assert bool(present & late) == (d >= 2)
+    unseen = {sim.campaigns[i].cc for i in late} & {cc for cc, _, _ in UNSEEN_SPACES}
+    earlier = set(np.unique(np.concatenate([days[d]["a_cc"] for d in range(2)])))
+    assert len(unseen) == 2 and not (unseen & earlier)
+    # intensity: a (non-rotating) campaign's calls of one range come at about 60 a minute within a burst
+    c = next(i for i in late if not sim.campaigns[i].rotate)
+    t = np.sort(days[3]["t0"][(days[3]["camp"] == c) & (days[3]["truth"] == FLASH)])
+    gaps = np.diff(t)
+    per_range = 60_000 / np.median(gaps[gaps < 60_000]) / len(sim.campaigns[c].prefixes)
+    assert 30 < per_range < 120

@@ -20,17 +20,27 @@ from voicefw_assets.settings import REPO_ROOT, paths
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from voicefw_assets.simulate import simulate
+    from voicefw_assets.simulate import Scenario, SimulationRefused, simulate
 
     home = Path(args.home) if args.home else paths().home
     t0 = time.perf_counter()
-    summary = simulate(
-        home,
-        days=args.days,
-        calls_per_day=args.calls_per_day,
-        seed=args.seed,
-        **({"start_date": date.fromisoformat(args.start_date)} if args.start_date else {}),
-    )
+    try:
+        scenario = Scenario(trunk_concentration=args.trunk_concentration, concentrate_from_day=args.concentrate_from_day,
+                            intensity=args.intensity, late_ranges=args.late_ranges, new_countries=args.new_countries)
+        summary = simulate(
+            home,
+            days=args.days,
+            calls_per_day=args.calls_per_day,
+            seed=args.seed,
+            scenario=scenario,
+            **({"start_date": date.fromisoformat(args.start_date)} if args.start_date else {}),
+        )
+    except SimulationRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"simulated into {home} in {time.perf_counter() - t0:.1f}s: {summary}")
     return 0
 
@@ -94,9 +104,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     dirs = sorted((store.models_dir / v for v in store.versions()), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in dirs:
         metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
-        pr_auc = metrics.get("lightgbm", {}).get("pr_auc")
+        meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").exists() else {}
+        pr_auc = (metrics.get(metrics.get("promoted", "lightgbm")) or {}).get("pr_auc")
         mark = "*" if path.name == serving else " "
-        print(f"{mark} {path.name}  pr_auc={pr_auc if pr_auc is None else round(pr_auc, 4)}  {path}")
+        print(f"{mark} {path.name}  {meta.get('kind', 'lightgbm'):8}  pr_auc={pr_auc if pr_auc is None else round(pr_auc, 4)}  {path}")
     if not dirs:
         print(f"no bundles in {store.models_dir}")
     return 0
@@ -187,13 +198,23 @@ def main(argv: list[str] | None = None) -> int:
         help="write simulated CDR drops for every operator into $VOICEFW_HOME/landing",
         description="Write realistic CDR drops (each operator in its own format, with injected dirt: duplicate "
         "rows and files, malformed lines, empty and truncated files) and the ground truth of every call. "
-        "Same arguments, same bytes.",
+        "Same arguments, same bytes. Never overwrites a landed file: a period already simulated is refused.",
     )
     p.add_argument("--days", type=int, default=3, help="how many UTC days of traffic (default: %(default)s)")
     p.add_argument("--calls-per-day", type=int, default=20000, help="calls per day across all operators (weekends get fewer; default: %(default)s)")
     p.add_argument("--seed", type=int, default=7, help="random seed: the same seed and arguments write the same files (default: %(default)s)")
     p.add_argument("--start-date", default=None, help="first simulated UTC day, YYYY-MM-DD (default: 2026-11-01)")
     p.add_argument("--home", default=None, help="VOICEFW_HOME to write into (default: $VOICEFW_HOME or ./data)")
+    p.add_argument("--trunk-concentration", type=float, default=0.0, metavar="SHARE",
+                   help="share of each operator's calls moved onto its first ingress trunk (0-1, default 0)")
+    p.add_argument("--concentrate-from-day", type=int, default=0, metavar="N",
+                   help="apply --trunk-concentration from the N-th simulated day (0-based) on (default 0)")
+    p.add_argument("--intensity", type=float, default=None, metavar="PER_MIN",
+                   help="flash campaigns send all calls in bursts of this many calls/min per A-range (default: mixed)")
+    p.add_argument("--late-ranges", type=int, default=0, metavar="N",
+                   help="N extra flash providers whose ranges appear only in the last two days")
+    p.add_argument("--new-countries", type=int, default=0, metavar="N",
+                   help="N extra flash providers, last two days only, from countries seen nowhere else")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(

@@ -6,16 +6,18 @@ over windows [t - w, t). Outcome fields of the call itself never appear. An earl
 (answered, ring time) is used only through "end events": a call counts in an outcome share only if
 it ENDED inside [t - w, t), i.e. strictly before this call started.
 
-`call_features_sql()` renders these definitions as DuckDB SQL (batch); `online_features.py`
-evaluates the same `HISTORY_FEATURES` / setup rules in Python (service). Both work on integer
-microseconds so they agree exactly.
+`batch_features.py` evaluates these definitions for a day of calls (numpy over DuckDB arrays; setup
+and derived features as SQL rendered here); `online_features.py` evaluates the same definitions
+call by call in Python (service). Both work on integer microseconds so they agree exactly.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import phonenumbers
 
 # Outcome rule used by history: an earlier call was "short-unanswered" if it was not answered and
@@ -24,13 +26,77 @@ SHORT_RING_S = 6.0
 MAX_WINDOW_S = 24 * 3600  # largest window = how much history the batch reads / the service keeps
 SINCE_PREV_CAP_S = float(MAX_WINDOW_S)  # "no earlier call within 24 h"
 NO_ENDED = -1.0  # outcome share when no earlier call ended in the window
+SETUP_FIELDS = ("a_number", "b_number", "ingress_trunk")  # the call's fields a history key may be computed from
 
-KEYS = ("a_number", "a_range", "a_block", "b_number", "ingress_trunk")
-# keys derived from the A-number by dropping trailing digits: key -> digits dropped
-A_PREFIX_KEYS = {"a_range": 4, "a_block": 6}
-# stat -> which column is counted distinctly ("distinct_b": distinct B-numbers, "distinct_a":
+
+# ---------------------------------------------------------------- history keys
+@dataclass(frozen=True)
+class Key:
+    """A history key: ONE function of one setup field, rendered as SQL (`sql`) and Python (`of`).
+
+    drop_last: the number without its last k characters (a range of numbers); country: the number's
+    E.164 country calling code as '+<cc>'. A key value of None (no number, too short, unknown
+    country) means the call has no history under that key."""
+
+    name: str
+    field: str  # one of SETUP_FIELDS
+    drop_last: int = 0
+    country: bool = False
+    phone: bool = True  # values are '+<digits>' strings (the batch encodes them as integers)
+
+    def of(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if self.country:
+            cc = country_code_of(value)
+            return f"+{cc}" if cc else None
+        if self.drop_last:
+            return _a_prefix(value, self.drop_last)
+        return value
+
+    def numeric(self, digits: np.ndarray) -> np.ndarray:
+        """`of` for many '+<digits>' numbers at once, given as their digits (int64 > 0), returning the
+        key's own '+<digits>' value as digits (0: None). For the batch, which sorts integers."""
+        if self.country:
+            n = np.asarray(digits, dtype=np.int64)
+            length = np.floor(np.log10(np.maximum(n, 1))).astype(np.int64) + 1
+            cc = np.zeros(len(n), np.int64)
+            for width in (3, 2, 1):  # the shortest matching prefix wins, as in country_code_of
+                head = n // 10 ** np.maximum(length - width, 0)
+                known = np.array(sorted(int(c) for c in country_codes()[width]), dtype=np.int64)
+                cc = np.where((length >= width) & np.isin(head, known), head, cc)
+            return cc
+        if self.drop_last:
+            return np.where(digits >= 10**self.drop_last, digits // 10**self.drop_last, 0)
+        return np.asarray(digits, dtype=np.int64)
+
+    def sql(self, col: str) -> str:
+        if self.country:
+            return f"(CASE WHEN {_sql_country_code(col)} > 0 THEN '+' || {_sql_country_code(col)} END)"
+        if self.drop_last:
+            return f"(CASE WHEN length({col}) > {self.drop_last + 1} THEN {col}[1:-{self.drop_last + 1}] END)"
+        return col
+
+
+KEY_DEFS: tuple[Key, ...] = (
+    Key("a_number", "a_number"),
+    Key("a_range", "a_number", drop_last=4),  # the block a flash-call OTP provider rotates in
+    Key("a_block", "a_number", drop_last=6),  # campaigns that rotate 5-6 trailing digits
+    Key("a_country", "a_number", country=True),  # where the calls claim to come from
+    Key("b_number", "b_number"),
+    Key("ingress_trunk", "ingress_trunk", phone=False),
+)
+KEYS = tuple(k.name for k in KEY_DEFS)
+KEY_BY_NAME = {k.name: k for k in KEY_DEFS}
+# stat -> which setup field is counted distinctly ("distinct_b": distinct B-numbers, "distinct_a":
 # distinct A-numbers, i.e. distinct A-suffixes within an A-range or towards a B-number)
 DISTINCT_COLUMN = {"distinct_b": "b_number", "distinct_a": "a_number"}
+
+
+def key_values(a_number: str | None, b_number: str | None, ingress_trunk: str | None) -> tuple:
+    """A call's value of each key, in KEYS order (None: no history under that key)."""
+    fields = {"a_number": a_number, "b_number": b_number, "ingress_trunk": ingress_trunk}
+    return tuple(k.of(fields[k.field]) for k in KEY_DEFS)
 
 
 @dataclass(frozen=True)
@@ -55,27 +121,199 @@ M, H, D = 60, 3600, 86400
 
 def _build() -> tuple[HistoryFeature, ...]:
     spec = {
-        # key: {stat: windows}; kept modest: distinct counts over windows are the costly part
-        "a_range": {"count": (M, 10 * M, H, D), "distinct_b": (10 * M, H), "distinct_a": (10 * M, H),
-                    "since_prev": (D,), "su_share": (H, D)},
-        "a_number": {"count": (M, H, D), "distinct_b": (H,), "since_prev": (D,), "su_share": (D,)},
-        "b_number": {"count": (M, H, D), "distinct_a": (H,), "since_prev": (D,), "su_share": (D,)},
-        "ingress_trunk": {"count": (M, H), "su_share": (H,)},
-        # coarser block: flash campaigns rotate 5-6 trailing digits, beyond one a_range
-        "a_block": {"count": (H,), "distinct_a": (H,), "su_share": (H, D)},
+        # key: {stat: windows}; pruned by measurement (docs/measurements.md): windows that added
+        # nothing over their neighbours cost sorting and storage only
+        "a_range": {"count": (M, 10 * M, D), "distinct_b": (10 * M,), "distinct_a": (10 * M,), "since_prev": (D,),
+                    "su_share": (H, D)},
+        "a_number": {"count": (D,), "distinct_b": (H,), "since_prev": (D,), "su_share": (D,)},
+        "b_number": {"count": (D,), "since_prev": (D,), "su_share": (D,)},
+        "ingress_trunk": {"count": (M, 10 * M, H, D), "su_share": (M, 10 * M, H, D)},
+        "a_block": {"count": (10 * M, H, D), "distinct_a": (10 * M, H), "su_share": (H, D)},
+        "a_country": {"count": (10 * M, D), "distinct_a": (10 * M,), "su_share": (10 * M, H, D)},
     }
     return tuple(HistoryFeature(k, s, w) for k, stats in spec.items() for s, ws in stats.items() for w in ws)
 
 
 HISTORY_FEATURES: tuple[HistoryFeature, ...] = _build()
 
-SETUP_FEATURES: tuple[str, ...] = (
-    "hour_local", "weekday_local", "a_withheld", "a_cc", "b_cc", "same_country",
-    "a_len", "b_len", "a_type", "b_type",
+# The call's own setup fields. Not the raw country codes (a model memorizes where training campaigns
+# came from; `a_country` history says what a country's calls do now) nor the weekday (a few training
+# days cannot teach it).
+SETUP_FEATURES: tuple[str, ...] = ("hour_local", "a_withheld", "same_country", "a_len", "b_len", "a_type", "b_type")
+
+
+# ---------------------------------------------------------------- derived features
+class Expr:
+    """A tiny arithmetic expression over a call's setup and history feature values: ONE definition
+    rendered as a DuckDB SQL expression (`sql`) and as Python source (`py`, compiled into `derive`).
+    Only +, -, *, guarded division, ln, greatest/least and comparisons: IEEE double arithmetic that
+    DuckDB and CPython evaluate identically."""
+
+    def sql(self) -> str:
+        raise NotImplementedError
+
+    def py(self, index: dict[str, int]) -> str:
+        raise NotImplementedError
+
+    def refs(self) -> set[str]:
+        raise NotImplementedError
+
+    def __add__(self, other) -> "Expr":
+        return Op("+", (self, _x(other)))
+
+    def __radd__(self, other) -> "Expr":
+        return Op("+", (_x(other), self))
+
+    def __sub__(self, other) -> "Expr":
+        return Op("-", (self, _x(other)))
+
+    def __mul__(self, other) -> "Expr":
+        return Op("*", (self, _x(other)))
+
+    def __rmul__(self, other) -> "Expr":
+        return Op("*", (_x(other), self))
+
+
+@dataclass(frozen=True)
+class Ref(Expr):
+    name: str
+
+    def sql(self) -> str:
+        return f'"{self.name}"'
+
+    def py(self, index: dict[str, int]) -> str:
+        return f"r[{index[self.name]}]"
+
+    def refs(self) -> set[str]:
+        return {self.name}
+
+
+@dataclass(frozen=True)
+class Num(Expr):
+    value: float
+
+    def sql(self) -> str:
+        return f"CAST({float(self.value)!r} AS DOUBLE)"
+
+    def py(self, index: dict[str, int]) -> str:
+        return repr(float(self.value))
+
+    def refs(self) -> set[str]:
+        return set()
+
+
+_SQL_FN = {"ln": "ln({0})", "max": "greatest({0}, {1})", "min": "least({0}, {1})",
+           "div": "(CASE WHEN {1} = 0 THEN {2} ELSE {0} / {1} END)", "gt": "(CASE WHEN {0} > {1} THEN 1.0 ELSE 0.0 END)",
+           "ge": "(CASE WHEN {0} >= {1} THEN 1.0 ELSE 0.0 END)", "if": "(CASE WHEN {0} > 0 THEN {1} ELSE {2} END)"}
+_PY_FN = {"ln": "_ln({0})", "max": "max({0}, {1})", "min": "min({0}, {1})",
+          "div": "(({0}) / ({1}) if ({1}) != 0 else {2})", "gt": "(1.0 if ({0}) > ({1}) else 0.0)",
+          "ge": "(1.0 if ({0}) >= ({1}) else 0.0)", "if": "(({1}) if ({0}) > 0 else ({2}))"}
+
+
+@dataclass(frozen=True)
+class Op(Expr):
+    op: str
+    args: tuple
+
+    def sql(self) -> str:
+        a = [x.sql() for x in self.args]
+        return f"({a[0]} {self.op} {a[1]})" if self.op in "+-*" else _SQL_FN[self.op].format(*a)
+
+    def py(self, index: dict[str, int]) -> str:
+        a = [x.py(index) for x in self.args]
+        return f"({a[0]} {self.op} {a[1]})" if self.op in "+-*" else _PY_FN[self.op].format(*a)
+
+    def refs(self) -> set[str]:
+        return set().union(*(x.refs() for x in self.args))
+
+
+def _x(v) -> Expr:
+    return v if isinstance(v, Expr) else Num(float(v))
+
+
+def ratio(a, b, default: float = 0.0) -> Expr:
+    """a / b, or `default` where b is 0."""
+    return Op("div", (_x(a), _x(b), _x(default)))
+
+
+def ln(a) -> Expr:
+    """Natural log; only of expressions that are > 0 by construction (e.g. (x + 1) / (y + 1), x, y >= 0)."""
+    return Op("ln", (_x(a),))
+
+
+def if_positive(cond, a, b) -> Expr:
+    """a where cond > 0, else b."""
+    return Op("if", (_x(cond), _x(a), _x(b)))
+
+
+def greatest(a, b) -> Expr:
+    return Op("max", (_x(a), _x(b)))
+
+
+@dataclass(frozen=True)
+class Derived:
+    name: str
+    expr: Expr
+    why: str
+
+
+def _share(key: str, stat: str, window: str) -> Expr:
+    """distinct values / calls of a key in a window (1.0: every call a new number), 0 without calls."""
+    return ratio(Ref(f"{key}__{stat}_{window}"), Ref(f"{key}__count_{window}"))
+
+
+def _rate_ratio(key: str, short: str, short_s: int, long: str, long_s: int) -> Expr:
+    """ln of the key's call rate in the short window over its rate in the long window (+1 smoothing on
+    counts scaled to the short window): > 0 is a burst against the key's own baseline, at any volume."""
+    return ln(ratio(Ref(f"{key}__count_{short}") + 1, Ref(f"{key}__count_{long}") * (short_s / long_s) + 1))
+
+
+def _excess(key: str, short: str, long: str) -> Expr:
+    """How much higher the key's short-unanswered share of recently ENDED calls is than over its
+    longer window (0 where either has no ended call): an outcome wave against the key's own baseline."""
+    s, lg = Ref(f"{key}__su_share_{short}"), Ref(f"{key}__su_share_{long}")
+    return if_positive((s + 1) * (lg + 1), s - lg, 0.0)
+
+
+DERIVED_FEATURES: tuple[Derived, ...] = (
+    Derived("a_range__distinct_a_share_10m", _share("a_range", "distinct_a", "10m"), "rotation: every call a new A-suffix"),
+    Derived("a_block__distinct_a_share_10m", _share("a_block", "distinct_a", "10m"), "rotation over 6 digits"),
+    Derived("a_block__distinct_a_share_1h", _share("a_block", "distinct_a", "1h"), "rotation over 6 digits"),
+    Derived("a_country__distinct_a_share_10m", _share("a_country", "distinct_a", "10m"), "new numbers from one country"),
+    Derived("a_range__burst_10m_24h", _rate_ratio("a_range", "10m", 600, "24h", 86400), "the range against its own day"),
+    Derived("a_block__burst_10m_24h", _rate_ratio("a_block", "10m", 600, "24h", 86400), "the block against its own day"),
+    Derived("a_country__burst_10m_24h", _rate_ratio("a_country", "10m", 600, "24h", 86400), "the country against its own day"),
+    Derived("ingress_trunk__burst_1m_1h", _rate_ratio("ingress_trunk", "1m", 60, "1h", 3600), "the trunk against its own hour"),
+    Derived("ingress_trunk__burst_10m_24h", _rate_ratio("ingress_trunk", "10m", 600, "24h", 86400), "the trunk against its own day"),
+    Derived("ingress_trunk__su_excess_1m_24h", _excess("ingress_trunk", "1m", "24h"), "short-unanswered wave on the trunk"),
+    Derived("ingress_trunk__su_excess_10m_24h", _excess("ingress_trunk", "10m", "24h"), "short-unanswered wave on the trunk"),
+    Derived("a_country__su_excess_10m_24h", _excess("a_country", "10m", "24h"), "short-unanswered wave from a country"),
 )
 
-# The model's input, in order. Nothing here is an outcome of the call itself (see leakage guard).
-FEATURE_NAMES: tuple[str, ...] = SETUP_FEATURES + tuple(f.name for f in HISTORY_FEATURES)
+
+# Every column call_features computes, in order: setup fields, primitive history, derived.
+FEATURE_NAMES: tuple[str, ...] = (SETUP_FEATURES + tuple(f.name for f in HISTORY_FEATURES)
+                                  + tuple(d.name for d in DERIVED_FEATURES))
+_INDEX = {n: i for i, n in enumerate(FEATURE_NAMES)}
+for _d in DERIVED_FEATURES:
+    assert all(_INDEX[r] < _INDEX[_d.name] for r in _d.expr.refs()), f"{_d.name} refers to a later feature"
+
+
+def _compile_derive():
+    """ONE Python function computing every derived feature from a row (list, FEATURE_NAMES order up
+    to the derived part), generated from the same expressions the SQL is rendered from."""
+    body = ", ".join(d.expr.py(_INDEX) for d in DERIVED_FEATURES)
+    namespace = {"_ln": math.log}
+    exec(f"def derive(r):\n    return [{body}]\n", namespace)  # noqa: S102 -- generated from DERIVED_FEATURES only
+    return namespace["derive"]
+
+
+derive = _compile_derive()
+
+# Inputs the models are trained on. Left out: absolute trunk and country volumes (a busier trunk than
+# in training would look like an attack, or hide one; the trunk enters through its bursts and outcome waves).
+MODEL_FEATURES: tuple[str, ...] = tuple(
+    n for n in FEATURE_NAMES if not n.startswith("ingress_trunk__count_") and not n.startswith("a_country__count_"))
 
 # Identity columns carried in call_features beside the inputs (never model inputs).
 ID_COLUMNS = ("operator", "call_id", "partition_date", "start_time", "a_number", "a_range", "b_number", "ingress_trunk")
@@ -113,12 +351,7 @@ def _a_prefix(a_number: str | None, drop: int) -> str | None:
 
 def a_range_of(a_number: str | None) -> str | None:
     """The A-number without its last 4 digits (the block a flash-call OTP provider rotates in)."""
-    return _a_prefix(a_number, A_PREFIX_KEYS["a_range"])
-
-
-def a_block_of(a_number: str | None) -> str | None:
-    """The A-number without its last 6 digits (campaigns that rotate 5-6 trailing digits)."""
-    return _a_prefix(a_number, A_PREFIX_KEYS["a_block"])
+    return KEY_BY_NAME["a_range"].of(a_number)
 
 
 def country_code_of(number: str | None) -> int:
@@ -139,6 +372,23 @@ def number_type_of(number: str | None) -> int:
     return 0
 
 
+def number_setup(digits: np.ndarray, odd: dict[int, str]) -> dict[str, np.ndarray]:
+    """`country_code_of`, `number_type_of` and the length of many numbers at once, for the batch:
+    '+<digits>' numbers given as their digits (> 0; 0: NULL), any other text in `odd` (position ->
+    text, through the scalar functions). Held equal to the scalar functions by the parity tests."""
+    n = np.maximum(np.asarray(digits, dtype=np.int64), 0)
+    length = np.where(n > 0, np.floor(np.log10(np.maximum(n, 1))).astype(np.int64) + 1, 0)
+    kind = np.zeros(len(n), np.int64)
+    for prefix in sorted(NUMBER_TYPE_PREFIXES, key=len):  # longer prefixes override shorter ones
+        width = len(prefix) - 1
+        head = n // 10 ** np.maximum(length - width, 0)
+        kind = np.where((length >= width) & (head == int(prefix[1:])), NUMBER_TYPE_CODES[NUMBER_TYPE_PREFIXES[prefix]], kind)
+    out = {"cc": KEY_BY_NAME["a_country"].numeric(n), "type": kind, "len": np.where(n > 0, length + 1, 0)}
+    for i, text in odd.items():
+        out["cc"][i], out["type"][i], out["len"][i] = country_code_of(text), number_type_of(text), len(text)
+    return out
+
+
 def is_short_unanswered(answered: bool | None, ring_s: float | None) -> bool:
     """History's outcome notion (of an ENDED earlier call). NULL ring counts as not short."""
     return (not answered) and ring_s is not None and ring_s <= SHORT_RING_S
@@ -155,224 +405,29 @@ def _sql_country_code(col: str) -> str:
     return f"(CASE WHEN {col} IS NULL OR NOT starts_with({col}, '+') THEN 0 {' '.join(parts)} ELSE 0 END)"
 
 
-def _sql_number_type(col: str) -> str:
-    whens = " ".join(
-        f"WHEN starts_with({col}, '{p}') THEN {NUMBER_TYPE_CODES[NUMBER_TYPE_PREFIXES[p]]}"
-        for p in sorted(NUMBER_TYPE_PREFIXES, key=len, reverse=True)
-    )
-    return f"(CASE WHEN {col} IS NULL THEN 0 {whens} ELSE 0 END)"
+def pair_columns(f: HistoryFeature) -> tuple[str, ...]:
+    """Keys identifying 'the same (key, counted value)' pair of a distinct-count feature. A key
+    computed from the counted field itself (a_range from a_number) adds nothing: the pair is the number."""
+    counted = DISTINCT_COLUMN[f.stat]
+    return (counted,) if KEY_BY_NAME[f.key].field == counted else (f.key, counted)
 
 
-_US = 1_000_000
-# a_range / a_block are functions of a_number: (a_range, a_number) pairs are just a_number values
-_DETERMINED_BY = {k: "a_number" for k in A_PREFIX_KEYS}
-
-
-def _sql_a_prefix(key: str, col: str = "c.a_number") -> str:
-    """SQL of `_a_prefix` (DuckDB slices are 1-based and inclusive: [1:-(drop + 1)] drops `drop`)."""
-    drop = A_PREFIX_KEYS[key]
-    return f"CASE WHEN length({col}) > {drop + 1} THEN {col}[1:-{drop + 1}] END"
-
-
-def _pair(f: HistoryFeature) -> tuple[str, ...]:
-    """Columns identifying 'the same (key, counted value)' pair of a distinct-count feature."""
-    cols = {f.key, DISTINCT_COLUMN[f.stat]}
-    cols -= {k for k, by in _DETERMINED_BY.items() if by in cols}
-    return tuple(sorted(cols))
-
-
-def _flag(f: HistoryFeature, side: str) -> str:
-    return f"{side}_{f.key}_{f.stat}_{f.window_s}"
-
-
-_W = "(PARTITION BY k, kx ORDER BY ts{})"
-_UPTO = _W.format(" RANGE UNBOUNDED PRECEDING")  # rows at or before this time (peers included)
-_DEFAULTS = {"count": "0", "distinct_b": "0", "distinct_a": "0", "since_prev": str(SINCE_PREV_CAP_S), "su_share": str(NO_ENDED)}
-
-
-def _asof(stream: str, cols: list[str], w: int) -> tuple[str, str]:
-    """ASOF join fetching `stream`'s running totals at its latest time strictly before t - w.
-
-    Only rows that can be that latest row for some call of the day are kept (the last row before
-    the day's earliest t - w, and rows up to its latest t - w), so each join sorts about a day."""
-    alias = f"{stream}_{w}"
-    rows = (f"SELECT k, kx, ts, {', '.join(cols)} FROM {stream} WHERE ts < (SELECT hi FROM bounds) - {w}"
-            f" AND (ts >= (SELECT lo FROM bounds) - {w} OR nxt IS NULL OR nxt >= (SELECT lo FROM bounds) - {w})")
-    return alias, f"ASOF LEFT JOIN ({rows}) {alias} ON q.k = {alias}.k AND q.kx = {alias}.kx AND q.t - {w} > {alias}.ts"
-
-
-def _key_ctes(key: str) -> list[str]:
-    """History features of one key, as differences of running totals at 'strictly before x'.
-
-    Only cheap window functions (rank, count, lead, peer-group frames; DuckDB's running sums cost
-    ~0.4 us a row each, offset RANGE frames more, FILTER far more) and ASOF joins are used:
-      s_<key>: the key's starts: running count cs; for the day's calls sb = starts before t and
-               prev = the latest earlier start time.
-      e_<key>: the key's ends: running count ce and running short-unanswered count csu.
-      r_<key>: the few starts that repeat a (key, counted value) pair within w (see below).
-    Each window w is then an ASOF lookup at t - w:
-      count      = sb - cs(t - w)
-      since_prev = t - prev, if within 24 h
-      su_share   = (csu(t) - csu(t - w)) / (ce(t) - ce(t - w)): ends in [t - w, t)
-      distinct   = count - nn(t) + nl(t - w). A pair's starts less than w apart form a run; a pair
-                   is present in [t - w, t) iff one of its runs began before t and ended at or after
-                   t - w. So distinct = (run heads before t) - (run tails before t - w), and with
-                   heads = starts - nn (nn: starts whose previous same-pair start is < w earlier) and
-                   tails = starts - nl (nl: starts whose next same-pair start is < w later) this is
-                   the formula above. Starts without the counted value are in nn and nl and cancel.
-                   nn/nl rows are rare (repeats), so r_<key> is small.
-    """
-    feats = [f for f in HISTORY_FEATURES if f.key == key]
-    dist = [f for f in feats if f.stat in DISTINCT_COLUMN]
-    src = f"SELECT {key}_n AS k, {key}_x AS kx, {{}} FROM base WHERE {key}_x IS NOT NULL"
-    out = [f"""
-s_{key} AS MATERIALIZED (
-  SELECT k, kx, ts, rid, is_day, count(*) OVER {_UPTO} AS cs, lead(ts) OVER {_W.format('')} AS nxt,
-    rank() OVER {_W.format('')} - 1 AS sb, first_value(ts) OVER {_W.format(' GROUPS BETWEEN 1 PRECEDING AND 1 PRECEDING')} AS prev
-  FROM ({src.format('t_us AS ts, rid, is_day')})
-)"""]
-    if dist:
-        flags = "".join(f", NOT {_flag(f, 'new')} AS nn_f{i}, NOT {_flag(f, 'last')} AS nl_f{i}" for i, f in enumerate(dist))
-        rep = " OR ".join(f"NOT {_flag(f, side)}" for f in dist for side in ("new", "last"))
-        sums = "".join(f", CAST(sum(nn_f{i}::INTEGER) OVER {_UPTO} AS BIGINT) AS nn_{i},"
-                       f" CAST(sum(nl_f{i}::INTEGER) OVER {_UPTO} AS BIGINT) AS nl_{i}" for i in range(len(dist)))
-        out.append(f"""
-r_{key} AS MATERIALIZED (
-  SELECT k, kx, ts, lead(ts) OVER {_W.format('')} AS nxt{sums}
-  FROM ({src.replace('FROM base', 'FROM reps').format('t_us AS ts' + flags)} AND ({rep}))
-)""")
-    su = [f for f in feats if f.stat == "su_share"]
-    if su:
-        out.append(f"""
-e_{key} AS MATERIALIZED (
-  SELECT k, kx, ts, count(*) OVER {_UPTO} AS ce, CAST(sum(su::INTEGER) OVER {_UPTO} AS BIGINT) AS csu,
-    lead(ts) OVER {_W.format('')} AS nxt
-  FROM ({src.format('e_us AS ts, su')})
-)""")
-    joins: dict[str, str] = {}
-
-    def lookup(stream: str, cols: list[str], w: int) -> str:
-        alias, j = _asof(stream, cols, w)
-        joins.setdefault(alias, j)
-        return alias
-
-    cols = []
-    for f in feats:
-        w = f.window_s * _US
-        if f.stat in ("count", *DISTINCT_COLUMN):
-            a = lookup(f"s_{key}", ["cs"], w)
-            count = f"(q.sb - coalesce({a}.cs, 0))"
-            if f.stat == "count":
-                cols.append(f"{count} AS \"{f.name}\"")
-            else:
-                i = dist.index(f)
-                r0 = lookup(f"r_{key}", [f"nn_{j}" for j in range(len(dist))], 0)
-                rw = lookup(f"r_{key}", [f"nl_{j}" for j, d in enumerate(dist) if d.window_s == f.window_s], w)
-                cols.append(f"{count} - coalesce({r0}.nn_{i}, 0) + coalesce({rw}.nl_{i}, 0) AS \"{f.name}\"")
-        elif f.stat == "since_prev":
-            cols.append(f"CASE WHEN q.t - q.prev <= {w} THEN (q.t - q.prev) / 1e6 END AS \"{f.name}\"")
-        elif f.stat == "su_share":
-            a0, aw = lookup(f"e_{key}", ["ce", "csu"], 0), lookup(f"e_{key}", ["ce", "csu"], w)
-            n = f"(coalesce({a0}.ce, 0) - coalesce({aw}.ce, 0))"
-            s = f"(coalesce({a0}.csu, 0) - coalesce({aw}.csu, 0))"
-            cols.append(f"CASE WHEN {n} = 0 THEN {NO_ENDED} ELSE {s} / {n} END AS \"{f.name}\"")
-        else:
-            raise ValueError(f.stat)
-    out.append(f"""
-h_{key} AS (
-  SELECT q.rid, {', '.join(cols)}
-  FROM (SELECT rid, k, kx, ts AS t, sb, prev FROM s_{key} WHERE is_day) q
-  {chr(10).join('  ' + j for j in joins.values())}
-)""")
-    return out
-
-
-def _encode(expr: str, col: str) -> str:
-    """A phone-number key as (col_n BIGINT, col_x VARCHAR): '+<digits>' becomes (digits, '') -- integer
-    sorts and joins are about twice as fast as 13-character strings; anything else stays (0, text).
-    Exact: the integer is used only when '+' || integer gives back the very same string.
-    NULL stays NULL in col_x (so `col_x IS NOT NULL` means the number is present)."""
-    n = f"TRY_CAST(({expr})[2:] AS BIGINT)"
-    ok = f"coalesce({n} > 0 AND '+' || {n} = {expr}, false)"
-    return f"CASE WHEN {ok} THEN {n} ELSE 0 END AS {col}_n, CASE WHEN {ok} THEN '' ELSE {expr} END AS {col}_x"
-
-
-def _pair_flag_exprs() -> list[str]:
-    """new_/last_ flags of every distinct-count feature, from the pair's previous and next start."""
-    out = []
-    for f in HISTORY_FEATURES:
-        if f.stat not in DISTINCT_COLUMN:
-            continue
-        pair = _pair(f)
-        win = f"(PARTITION BY {', '.join(f'{c}_n, {c}_x' for c in pair)} ORDER BY t_us)"
-        present = f"{f.key}_x IS NOT NULL AND {DISTINCT_COLUMN[f.stat]}_x IS NOT NULL"
-        w = f.window_s * _US
-        out.append(f"{present} AND coalesce(t_us - lag(t_us) OVER {win} >= {w}, true) AS {_flag(f, 'new')}")
-        out.append(f"{present} AND coalesce(lead(t_us) OVER {win} - t_us >= {w}, true) AS {_flag(f, 'last')}")
-    return out
-
-
-def call_features_sql(day: str, timezones: dict[str, str], source: str = "mapped_cdrs") -> str:
-    """One SELECT producing call_features for UTC day `day` ('YYYY-MM-DD').
-
-    Reads `source` for the day and the day before (24 h of history crosses the day boundary and
-    operators). Work is done on a narrow projection (row id, integer phone-number keys, integer-µs
-    start/end times): one sort per counted pair for previous/next start (distinct counts), per key
-    one sort of its starts and one of its ends for running totals, then one ASOF lookup per window
-    (see `_key_ctes`); results join back to the day's calls by `source`'s rowid, so `source` must
-    be a table. Needs only the rows read: no temp tables, one statement (the asset wraps it in a
-    delete-then-insert).
-    """
-    tz_values = ", ".join(f"('{op}', '{tz}')" for op, tz in sorted(timezones.items())) or "('', 'UTC')"
-    keys = [k for k in KEYS if any(f.key == k for f in HISTORY_FEATURES)]
-    ctes = [c for k in keys for c in _key_ctes(k)]
-    setup = f"""
+def setup_sql() -> str:
+    """SQL of the setup features over `local_ts`, a_number, and the numbers' country codes, types and
+    lengths (`a_cc_`, `b_cc_`, `a_type_`, `b_type_`, `a_len_`, `b_len_`: `number_setup`, in the batch)."""
+    return """
     CAST(hour(local_ts) AS DOUBLE) AS hour_local,
-    CAST(isodow(local_ts) AS DOUBLE) AS weekday_local,
     CAST(a_number IS NULL AS DOUBLE) AS a_withheld,
-    CAST({_sql_country_code('a_number')} AS DOUBLE) AS a_cc,
-    CAST({_sql_country_code('b_number')} AS DOUBLE) AS b_cc,
-    CAST(a_number IS NOT NULL AND {_sql_country_code('a_number')} = {_sql_country_code('b_number')} AS DOUBLE) AS same_country,
-    CAST(coalesce(length(a_number), 0) AS DOUBLE) AS a_len,
-    CAST(coalesce(length(b_number), 0) AS DOUBLE) AS b_len,
-    CAST({_sql_number_type('a_number')} AS DOUBLE) AS a_type,
-    CAST({_sql_number_type('b_number')} AS DOUBLE) AS b_type"""
-    a_range = _sql_a_prefix("a_range")
-    hist = ",\n  ".join(
-        f"CAST(coalesce(h_{f.key}.\"{f.name}\", {_DEFAULTS[f.stat]}) AS DOUBLE) AS \"{f.name}\"" for f in HISTORY_FEATURES)
-    joins = " ".join(f"LEFT JOIN h_{k} USING (rid)" for k in keys)
-    ordered = ", ".join(f'"{c}"' for c in ID_COLUMNS + FEATURE_NAMES)
-    return f"""
-SELECT {ordered} FROM (
-WITH tz(operator, tz) AS (VALUES {tz_values}),
-base AS NOT MATERIALIZED (  -- narrow and cheap to re-read: materializing 10 M rows would spill
-  SELECT c.rowid AS rid, c.partition_date = DATE '{day}' AS is_day,
-    {_encode('c.a_number', 'a_number')}, {_encode(a_range, 'a_range')}, {_encode(_sql_a_prefix('a_block'), 'a_block')},
-    {_encode('c.b_number', 'b_number')},
-    c.ingress_trunk AS ingress_trunk_n, CASE WHEN c.ingress_trunk IS NOT NULL THEN '' END AS ingress_trunk_x,
-    epoch_us(c.start_time) AS t_us, epoch_us(greatest(c.end_time, c.start_time)) AS e_us,
-    (NOT coalesce(c.answered, false) AND c.ring_s IS NOT NULL AND c.ring_s <= {SHORT_RING_S}) AS su
-  FROM {source} c
-  WHERE c.partition_date BETWEEN DATE '{day}' - 1 AND DATE '{day}'
-),
-reps AS MATERIALIZED (  -- the few starts that repeat a counted pair within its window (flags false)
-  SELECT * FROM (SELECT {', '.join(f'{k}_n, {k}_x' for k in KEYS if k != 'ingress_trunk')}, t_us,
-    {', '.join(_pair_flag_exprs())} FROM base)
-  WHERE {' OR '.join(f"NOT {_flag(f, side)}" for f in HISTORY_FEATURES if f.stat in DISTINCT_COLUMN for side in ('new', 'last'))}
-),
-bounds AS (SELECT min(t_us) AS lo, max(t_us) + 1 AS hi FROM base WHERE is_day),{','.join(ctes)},
-day_calls AS (
-  SELECT c.rowid AS rid, c.operator, c.call_id, c.partition_date, c.start_time, c.a_number, {a_range} AS a_range,
-    c.b_number, c.ingress_trunk, timezone(coalesce(tz.tz, 'UTC'), c.start_time) AS local_ts
-  FROM {source} c LEFT JOIN tz USING (operator)
-  WHERE c.partition_date = DATE '{day}'
-)
-SELECT {', '.join('d.' + c for c in ID_COLUMNS)},
-  {setup},
-  {hist}
-FROM day_calls d {joins}
-)
-"""
+    CAST(a_number IS NOT NULL AND a_cc_ = b_cc_ AS DOUBLE) AS same_country,
+    CAST(a_len_ AS DOUBLE) AS a_len,
+    CAST(b_len_ AS DOUBLE) AS b_len,
+    CAST(a_type_ AS DOUBLE) AS a_type,
+    CAST(b_type_ AS DOUBLE) AS b_type"""
+
+
+def derived_sql() -> str:
+    """`, <expr> AS "<name>"` for every derived feature (over columns named as the features)."""
+    return "".join(f',\n  {d.expr.sql()} AS "{d.name}"' for d in DERIVED_FEATURES)
 
 
 def outcome_probe() -> list[str]:
@@ -394,14 +449,15 @@ def outcome_probe() -> list[str]:
           'caller' AS release_side, 'cancelled' AS disposition, 487 AS sip_code, 16 AS q850_cause,
           NULL::VARCHAR AS egress_trunk, NULL::TIMESTAMPTZ AS answer_time
         FROM range(1000) t(i)""")
-    sql = call_features_sql("2026-01-02", {"op": "UTC"})
-    before = {r[1]: r for r in con.execute(sql).fetchall()}
+    from voicefw_assets.batch_features import call_features_select
+
+    before = {r[1]: r for r in con.execute(call_features_select(con, "2026-01-02", {"op": "UTC"})).fetchall()}
     targets = con.execute("""SELECT call_id, end_time FROM mapped_cdrs WHERE partition_date = DATE '2026-01-02'
         ORDER BY start_time LIMIT 5 OFFSET 100""").fetchall()
     con.execute(f"""UPDATE mapped_cdrs SET answered = NOT answered, ring_s = 100 - ring_s, duration_s = 0,
         release_side = 'callee', disposition = 'busy', sip_code = 486, q850_cause = 17, answer_time = start_time
         WHERE call_id IN ({', '.join(f"'{t[0]}'" for t in targets)})""")
-    after = {r[1]: r for r in con.execute(sql).fetchall()}
+    after = {r[1]: r for r in con.execute(call_features_select(con, "2026-01-02", {"op": "UTC"})).fetchall()}
     first_end = min(t[1] for t in targets)
     problems = []
     for cid, row in before.items():

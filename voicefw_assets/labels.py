@@ -39,6 +39,7 @@ The model's target is label = 'flash'.
 
 from __future__ import annotations
 
+from voicefw_assets.features import KEY_BY_NAME
 from voicefw_assets.model_config import LabelConfig
 
 LABELS = ("normal", "flash", "wangiri", "callback")
@@ -58,10 +59,12 @@ def call_labels_sql(day: str, cfg: LabelConfig, source: str = "mapped_cdrs") -> 
     burst evidence is per UTC day."""
     levels = ", ".join(f"({k})" for k in cfg.campaign_levels)
     w = cfg.burst_window_s
+    country = KEY_BY_NAME["a_country"].sql("a_number")
     return f"""
 WITH c AS (
   SELECT operator, call_id, partition_date, start_time, epoch(start_time) AS t, a_number, b_number, ingress_trunk,
-    coalesce(answered, false) AND coalesce(duration_s, 0) > {cfg.max_answered_s} AS conversation,
+    (coalesce(answered, false) AND coalesce(duration_s, 0) > {cfg.max_answered_s})
+      OR coalesce(ring_s, 0) > {cfg.campaign_max_ring_s} AS conversation,
     {flash_like_sql(cfg)} AS flash_like
   FROM {source}
   WHERE partition_date BETWEEN DATE '{day}' - 1 AND DATE '{day}'
@@ -70,8 +73,8 @@ ck AS (  -- every call once per range level: its A-number without the last k dig
   SELECT c.operator, c.call_id, c.partition_date, c.a_number, c.flash_like, lv.k, c.a_number[1:-(lv.k + 1)] AS rng
   FROM c JOIN (VALUES {levels}) lv(k) ON length(c.a_number) > lv.k + 4
 ),
-ranges AS (
-  SELECT partition_date, k, rng,
+ranges AS (  -- evidence over the day and the day before: slow campaigns add up, fixed bait numbers repeat
+  SELECT k, rng,
     CASE WHEN count(DISTINCT a_number) FILTER (WHERE flash_like)
               >= {cfg.campaign_min_distinct} * count(*) FILTER (WHERE flash_like) THEN 'flash' ELSE 'wangiri' END AS kind
   FROM ck GROUP BY ALL
@@ -80,30 +83,48 @@ ranges AS (
 ),
 camp AS (
   SELECT ck.operator, ck.call_id, bool_or(r.kind = 'flash') AS flash_range, bool_or(r.kind = 'wangiri') AS wangiri_range
-  FROM ck JOIN ranges r USING (partition_date, k, rng) GROUP BY ALL
+  FROM ck JOIN ranges r USING (k, rng) GROUP BY ALL
 ),
 bait AS (
-  SELECT partition_date, a_number FROM c WHERE flash_like AND a_number IS NOT NULL
+  SELECT a_number FROM c WHERE flash_like AND a_number IS NOT NULL
   GROUP BY ALL HAVING count(DISTINCT b_number) >= {cfg.wangiri_min_b_numbers}
 ),
-fl AS (  -- flash_like calls with their trunk's flash_like activity around them
-  SELECT operator, call_id,
-    count(DISTINCT a_number) OVER (PARTITION BY operator, ingress_trunk, partition_date ORDER BY t
-      RANGE BETWEEN {w} PRECEDING AND {w} FOLLOWING) AS near,
-    count(*) OVER (PARTITION BY operator, ingress_trunk, partition_date ORDER BY t
-      RANGE BETWEEN {6 * w} PRECEDING AND {6 * w} FOLLOWING) AS wide
-  FROM c WHERE flash_like AND ingress_trunk IS NOT NULL AND partition_date = DATE '{day}'
+fl_g AS (  -- the day's calls, once per group a burst can show in: their trunk, their A-country
+  SELECT operator, call_id, t, a_number, flash_like, 'trunk ' || operator || ' ' || ingress_trunk AS grp
+  FROM c WHERE ingress_trunk IS NOT NULL AND partition_date = DATE '{day}'
+  UNION ALL
+  SELECT operator, call_id, t, a_number, flash_like, 'country ' || {country} AS grp
+  FROM c WHERE {country} IS NOT NULL AND partition_date = DATE '{day}'
+),
+fl_w AS (
+  SELECT operator, call_id, flash_like,
+    count(DISTINCT CASE WHEN flash_like THEN a_number END) OVER near_w AS near,
+    sum(flash_like::INTEGER) OVER near_w AS near_fl, count(*) OVER near_w AS near_calls,
+    sum(flash_like::INTEGER) OVER (PARTITION BY grp ORDER BY t RANGE BETWEEN {6 * w} PRECEDING AND {6 * w} FOLLOWING) AS wide_fl
+  FROM fl_g WINDOW near_w AS (PARTITION BY grp ORDER BY t RANGE BETWEEN {w} PRECEDING AND {w} FOLLOWING)
+),
+fl AS (  -- a burst: many distinct A-numbers of short unanswered calls within +-w, either at burst_min_ratio x
+          -- their rate over the 5x longer time around, or making burst_min_ratio x the day's share of such
+          -- calls over all traffic (when bursts follow each other, the time around is no baseline). Only a burst call
+          -- whose A-number made no other call in the two days counts (spoofed CLIs never recur; a
+          -- subscriber's own short cancel that happens to fall in the burst usually does).
+  SELECT fl_w.operator, fl_w.call_id,
+    bool_or(near >= {cfg.burst_min_calls} AND (5 * near >= {cfg.burst_min_ratio} * (wide_fl - near_fl)
+            OR near_fl >= {cfg.burst_min_ratio} * day.share * near_calls)) AND any_value(a_calls.n) = 1 AS burst
+  FROM fl_w JOIN c USING (operator, call_id) JOIN (SELECT a_number, count(*) AS n FROM c GROUP BY ALL) a_calls USING (a_number),
+    (SELECT avg(flash_like::INTEGER) AS share FROM c WHERE partition_date = DATE '{day}') day
+  WHERE fl_w.flash_like
+  GROUP BY ALL
 ),
 lab AS (
   SELECT c.*,
     CASE WHEN (coalesce(camp.wangiri_range, false) OR bait.a_number IS NOT NULL) AND NOT c.conversation THEN 'wangiri'
          WHEN coalesce(camp.flash_range, false) AND NOT c.conversation THEN 'flash'
-         WHEN fl.near >= {cfg.burst_min_calls} AND fl.near * 6 >= {cfg.burst_min_ratio} * fl.wide THEN 'flash'
+         WHEN fl.burst THEN 'flash'
          END AS campaign_label,
     CASE WHEN coalesce(camp.flash_range, false) THEN 'flash_range' WHEN coalesce(camp.wangiri_range, false) THEN 'wangiri_range'
-         WHEN bait.a_number IS NOT NULL THEN 'bait_number' WHEN fl.near >= {cfg.burst_min_calls}
-           AND fl.near * 6 >= {cfg.burst_min_ratio} * fl.wide THEN 'trunk_burst' END AS evidence
-  FROM c LEFT JOIN camp USING (operator, call_id) LEFT JOIN bait USING (partition_date, a_number)
+         WHEN bait.a_number IS NOT NULL THEN 'bait_number' WHEN fl.burst THEN 'burst' END AS evidence
+  FROM c LEFT JOIN camp USING (operator, call_id) LEFT JOIN bait USING (a_number)
     LEFT JOIN fl USING (operator, call_id)
 ),
 cb AS (  -- calls to a campaign A-number that called this caller shortly before

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_PATH = Path(__file__).with_name("model_config.yaml")
 
@@ -22,6 +22,7 @@ class LabelConfig(_Strict):
 
     flash_max_ring_s: float
     max_answered_s: float
+    campaign_max_ring_s: float
     campaign_levels: tuple[int, ...]
     campaign_min_calls: int = Field(ge=1)
     campaign_min_share: float = Field(ge=0, le=1)
@@ -37,10 +38,14 @@ class TrainingConfig(_Strict):
     window_days: int = Field(ge=2)
     eval_days: int = Field(ge=1)  # at most; fewer when fewer than eval_days + min_train_days days exist
     min_train_days: int = Field(ge=1)
+    validation_share: float = Field(gt=0, lt=1)
     max_train_rows: int
     num_boost_round: int
+    early_stopping_rounds: int = Field(ge=1)
     learning_rate: float
     num_leaves: int
+    min_data_in_leaf: int
+    linear_c: float = Field(gt=0)
 
 
 class GateConfig(_Strict):
@@ -49,24 +54,35 @@ class GateConfig(_Strict):
     min_recall_at_p99: float
     min_margin_pr_auc: float
     min_margin_recall_at_p99: float
-
-
-class RulesConfig(_Strict):
-    calls_per_min_per_a_range: float
-    short_unanswered_share: float
+    min_operator_recall_at_p99: float
+    min_operator_precision_at_fpr_0_1pct: float
+    min_operator_positives: int = Field(ge=1)
 
 
 class DecisionConfig(_Strict):
     flag: float
     block: float
+    flag_precision: float = Field(gt=0, le=1)
+    block_precision: float = Field(gt=0, le=1)
 
 
 class ModelConfig(_Strict):
     labels: LabelConfig
     training: TrainingConfig
     gates: GateConfig
-    rules_baseline: RulesConfig
+    # velocity rules: rule name -> {history feature: shipped threshold (fires at >=)}
+    rules_baseline: dict[str, dict[str, float]]
     decision: DecisionConfig
+
+    @model_validator(mode="after")
+    def _rules_read_features(self):
+        from voicefw_assets.features import FEATURE_NAMES
+
+        for rule, conds in self.rules_baseline.items():
+            unknown = [f for f in conds if f not in FEATURE_NAMES]
+            if not conds or unknown:
+                raise ValueError(f"rules_baseline.{rule}: needs conditions on call features; unknown: {unknown}")
+        return self
 
 
 def load_model_config(path: Path | None = None) -> ModelConfig:

@@ -36,10 +36,10 @@ from voicefw_assets.features import (
     NUMBER_TYPE_PREFIXES,
     SETUP_FEATURES,
     SINCE_PREV_CAP_S,
-    a_block_of,
-    a_range_of,
     country_code_of,
+    derive,
     is_short_unanswered,
+    key_values,
     number_type_of,
 )
 
@@ -53,16 +53,10 @@ _PREFIX_LEN = max(4, *(len(p) for p in NUMBER_TYPE_PREFIXES))
 _COMPACT_MIN = 64  # evicted entries a key keeps (as a head offset) before its lists are compacted
 _HORIZON_US = (MAX_WINDOW_S + 60) * _US  # kept behind the newest event: largest window + 60 s for late events
 
-# `_setup_row` and `_key_values` below write these layouts; fail at import if features.py changes them.
-assert SETUP_FEATURES == ("hour_local", "weekday_local", "a_withheld", "a_cc", "b_cc", "same_country",
-                          "a_len", "b_len", "a_type", "b_type"), SETUP_FEATURES
-assert KEYS == ("a_number", "a_range", "a_block", "b_number", "ingress_trunk"), KEYS
+# `_setup_row` below writes this layout; fail at import if features.py changes it.
+assert SETUP_FEATURES == ("hour_local", "a_withheld", "same_country", "a_len", "b_len", "a_type", "b_type"), SETUP_FEATURES
 assert FEATURE_NAMES[: len(SETUP_FEATURES)] == SETUP_FEATURES
-
-
-def _key_values(a: str | None, b: str | None, trunk: str | None) -> tuple:
-    """A call's value of each key, in KEYS order (None: the call has no such key)."""
-    return (a, a_range_of(a), a_block_of(a), b, trunk)
+_N_PRIMITIVE = len(SETUP_FEATURES) + len(HISTORY_FEATURES)  # derived features follow (features.derive)
 
 
 def to_us(ts: datetime) -> int:
@@ -109,7 +103,7 @@ for _f in HISTORY_FEATURES:
 def _defaults() -> list[float]:
     """The history part of a row for a call with no earlier calls (what the SQL's coalesces give)."""
     out = []
-    for name in FEATURE_NAMES[len(SETUP_FEATURES):]:
+    for name in FEATURE_NAMES[len(SETUP_FEATURES):_N_PRIMITIVE]:
         f = next(f for f in HISTORY_FEATURES if f.name == name)
         out.append(SINCE_PREV_CAP_S if f.stat == "since_prev" else NO_ENDED if f.stat == "su_share" else 0.0)
     return out
@@ -273,7 +267,7 @@ class _KeyHistory:
 
 # ---------------------------------------------------------------- the history
 class OnlineHistory:
-    """Incremental history of calls (per A-number, A-range, A-block, B-number, ingress trunk) for online features.
+    """Incremental history of calls (per key of `features.KEY_DEFS`) for online features.
 
     Feed it `observe_start` at INVITE and `observe_end` at call end; ask `features(call)` before
     recording the call (or `score_start`, which does both with one set of lookups). Replaying the
@@ -348,13 +342,14 @@ class OnlineHistory:
         t = to_us(start)
         out = self._setup_row(operator, start, a, b)
         out += _HISTORY_DEFAULTS
-        kvs = _key_values(a, b, trunk)
+        kvs = key_values(a, b, trunk)
         if record_as is None:
             for m, kv in zip(self._maps, kvs):
                 if kv is not None:
                     h = m.get(kv)
                     if h is not None:
                         h.evaluate(t, out)
+            out += derive(out)
             return out
         hists = []
         for plan, m, kv in zip(_PLANS, self._maps, kvs):
@@ -367,6 +362,7 @@ class OnlineHistory:
                 h.add_start(t, a, b)
                 hists.append(h)
         self._opened(operator, record_as, t, tuple(hists))
+        out += derive(out)
         return out
 
     def _setup_row(self, operator: str, start: datetime, a: str | None, b: str | None) -> list:
@@ -379,8 +375,7 @@ class OnlineHistory:
         local = start.astimezone(zone)
         a_cc, a_len, a_type = self._number(a)
         b_cc, b_len, b_type = self._number(b)
-        return [float(local.hour), float(local.isoweekday()), float(a is None), a_cc, b_cc,
-                float(a is not None and a_cc == b_cc), a_len, b_len, a_type, b_type]
+        return [float(local.hour), float(a is None), float(a is not None and a_cc == b_cc), a_len, b_len, a_type, b_type]
 
     def _number(self, number: str | None) -> tuple[float, float, float]:
         """(country code, length, type) of a number. Code and type depend only on the first
@@ -397,7 +392,7 @@ class OnlineHistory:
 
     def _record(self, operator: str, call_id: str, t: int, a: str | None, b: str | None, trunk: str | None) -> None:
         hists = []
-        for plan, m, kv in zip(_PLANS, self._maps, _key_values(a, b, trunk)):
+        for plan, m, kv in zip(_PLANS, self._maps, key_values(a, b, trunk)):
             if kv is not None:
                 h = m.get(kv)
                 if h is None:

@@ -23,7 +23,7 @@ import gzip
 import io
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
@@ -49,7 +49,7 @@ SCENARIOS = (
     "answered", "short_answered", "voicemail", "no_answer", "caller_gave_up", "short_cancel", "busy",
     "failed", "return_call", "retry", "dialer_answered", "dialer_no_answer", "dialer_abandon", "dialer_busy",
     "otp_voice", "flash", "flash_answered", "flash_failed", "flash_busy", "wangiri", "wangiri_answered",
-    "wangiri_failed", "wangiri_callback", "callback_no_answer", "flash_simbox",
+    "wangiri_failed", "wangiri_callback", "callback_no_answer", "flash_simbox", "bank_otp",
 )
 SC = {s: i for i, s in enumerate(SCENARIOS)}
 
@@ -213,15 +213,83 @@ class Campaign:
     slow: bool = False
     prefixes: tuple[int, ...] = ()  # a provider spreads over several ranges
     simbox: bool = False  # A-numbers anywhere in a national mobile space, on a domestic trunk
+    rotate: bool = False  # moves through its prefixes over the day (4 h each) instead of mixing them
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Knobs that stress detection (benchmarks/detection.py runs a matrix of them). The defaults are
+    the everyday traffic `make run` simulates; volume is `calls_per_day` itself.
+
+    - trunk_concentration: share of each operator's calls (normal and campaign) moved onto its first
+      ingress trunk, from day `concentrate_from_day` on: one busy ingress carries most traffic, so a
+      campaign on it is a small share of that trunk (and a shift between training and later days).
+    - intensity: calls per minute per A-range while a campaign bursts; then every range-based
+      (not slow, not SIM-farm) flash campaign sends all its calls in bursts at that rate. None:
+      today's mix of spread and bursts.
+    - late_ranges: extra flash providers whose ranges appear only in the last two days.
+    - new_countries: extra flash providers, only in the last two days, from countries that appear
+      nowhere else in the traffic (nor in any earlier day).
+    """
+
+    trunk_concentration: float = 0.0
+    concentrate_from_day: int = 0
+    intensity: float | None = None
+    late_ranges: int = 0
+    new_countries: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.trunk_concentration <= 1:
+            raise ValueError("trunk_concentration must be within [0, 1]")
+        if self.intensity is not None and self.intensity <= 0:
+            raise ValueError("intensity must be positive (calls per minute per range)")
+        if self.late_ranges < 0 or self.new_countries < 0 or self.concentrate_from_day < 0:
+            raise ValueError("late_ranges, new_countries and concentrate_from_day must be >= 0")
+
+
+# flash providers from countries nothing else in the traffic comes from: (cc, national length, leading digits)
+UNSEEN_SPACES = ((998, 9, "9"), (976, 8, "8"), (679, 7, "7"), (592, 7, "6"), (263, 9, "7"), (856, 10, "20"))
+
+
+def _intl_trunk(rng: np.random.Generator, op: str) -> int:
+    dom, intl, _ = TRUNKS[op]
+    return len(dom) + int(rng.integers(len(intl)))
+
+
+def _range_campaign(rng: np.random.Generator, name: str, space: tuple[int, int, str], share: float,
+                    first_day: int, last_day: int) -> Campaign:
+    """A flash provider's ranges: a few prefixes of one number space, a varying tail of 4-6 digits."""
+    cc, length, lead = space
+    tail = int(rng.integers(4, 7))
+    head = length - tail - len(lead)
+    prefixes = tuple(int(lead + "".join(str(d) for d in rng.integers(0, 10, head))) for _ in range(int(rng.integers(1, 7))))
+    tr = tuple(_intl_trunk(rng, op) for op in OPS)
+    tr2 = tuple(_intl_trunk(rng, op) for op in OPS)
+    return Campaign(
+        name=name, kind="flash", cc=cc, prefix=prefixes[0], tail=tail, share=share, first_day=first_day,
+        last_day=last_day, trunks=tr, trunks2=tr2,
+        targets=tuple(rng.choice([44, 49, 33, 34, 39, 31], size=int(rng.integers(1, 4)), replace=False)),
+        ring_max=float(rng.uniform(1.4, 3.2)), burst=float(rng.uniform(0, 0.7)),
+        voice_share=float(rng.uniform(0.05, 0.4)) if rng.random() < 0.6 else 0.0, prefixes=prefixes)
+
+
+def _extra_campaigns(rng: np.random.Generator, days: int, scenario: Scenario, first_index: int) -> list[Campaign]:
+    """The scenario's extra flash providers, active in the last two days only (a separate random
+    stream, so the everyday campaigns of a seed stay the same)."""
+    out = []
+    first = max(0, days - 2)
+    spaces = [FLASH_SPACES[int(rng.integers(len(FLASH_SPACES)))] for _ in range(scenario.late_ranges)]
+    unseen = rng.permutation(len(UNSEEN_SPACES))
+    spaces += [UNSEEN_SPACES[int(unseen[i % len(UNSEEN_SPACES)])] for i in range(scenario.new_countries)]
+    for i, space in enumerate(spaces):
+        share = float(rng.uniform(0.002, 0.01))
+        out.append(_range_campaign(rng, f"flash-{first_index + i + 1:02d}", space, share, first, days - 1))
+    return out
 
 
 def _campaigns(rng: np.random.Generator, days: int) -> list[Campaign]:
     """Flash, wangiri and dialer campaigns, fixed for the whole simulation by the seed."""
     out: list[Campaign] = []
-
-    def intl_trunk(op: str) -> int:
-        dom, intl, _ = TRUNKS[op]
-        return len(dom) + int(rng.integers(len(intl)))
 
     def span() -> tuple[int, int]:
         if rng.random() < 0.6 or days <= 2:
@@ -235,50 +303,55 @@ def _campaigns(rng: np.random.Generator, days: int) -> list[Campaign]:
     slow[rng.choice(n_flash, 5, replace=False)] = True
     simbox = np.zeros(n_flash, bool)
     simbox[rng.choice(np.flatnonzero(~slow), 3, replace=False)] = True
+    rotate = ~slow & ~simbox & (rng.random(n_flash) < 0.3)
     weights[slow] = 0
     weights = weights / weights.sum() * 0.07
     for i in range(n_flash):
-        if simbox[i]:  # SIM farm: ordinary-looking mobile numbers on a domestic trunk
-            cc, length, lead = ((44, 10, "7"), (49, 11, "1"))[int(rng.integers(2))]
-            second = ("4", "5", "7", "8", "9") if cc == 44 else ("5", "6", "7")
-            tail, prefixes = length - 2, tuple(int(lead + d) for d in second)
-            home = OPS[0 if cc == 44 else 1]
-            dom = int(rng.integers(len(TRUNKS[home][0])))
-            tr = tuple(dom if op == home else intl_trunk(op) for op in OPS)
-            tr2 = tr
-        else:
-            cc, length, lead = FLASH_SPACES[int(rng.integers(len(FLASH_SPACES)))]
-            tail = int(rng.integers(4, 7))
-            head = length - tail - len(lead)
-            prefixes = tuple(int(lead + "".join(str(d) for d in rng.integers(0, 10, head)))
-                             for _ in range(int(rng.integers(1, 7))))
-            tr = tuple(intl_trunk(op) for op in OPS)
-            tr2 = tuple(intl_trunk(op) for op in OPS)
         a, b = span()
+        name, share = f"flash-{i + 1:02d}", 0.0004 if slow[i] else float(weights[i])
+        if not simbox[i]:
+            c = _range_campaign(rng, name, FLASH_SPACES[int(rng.integers(len(FLASH_SPACES)))], share, a, b)
+            out.append(replace(c, burst=0.0, slow=True) if slow[i] else replace(c, rotate=bool(rotate[i])))
+            continue
+        # SIM farm / grey route: CLIs spoofed anywhere in a national mobile space, on a domestic trunk.
+        # A call like that is a subscriber's call at setup, except that the farm fires in bursts when
+        # the provider routes a batch to it: only the trunk's sudden short-unanswered wave shows it.
+        cc, length, lead = ((44, 10, "7"), (49, 11, "1"))[int(rng.integers(2))]
+        second = ("4", "5", "7", "8", "9") if cc == 44 else ("5", "6", "7")
+        home = OPS[0 if cc == 44 else 1]
+        dom = int(rng.integers(len(TRUNKS[home][0])))
+        tr = tuple(dom if op == home else _intl_trunk(rng, op) for op in OPS)
         out.append(Campaign(
-            name=f"flash-{i + 1:02d}", kind="flash", cc=cc, prefix=prefixes[0], tail=tail,
-            share=0.0004 if slow[i] else float(weights[i]), first_day=a, last_day=b, trunks=tr, trunks2=tr2,
+            name=name, kind="flash", cc=cc, prefix=int(lead + second[0]), tail=length - 2, share=share,
+            first_day=a, last_day=b, trunks=tr, trunks2=tr,
             targets=tuple(rng.choice([44, 49, 33, 34, 39, 31], size=int(rng.integers(1, 4)), replace=False)),
-            ring_max=float(rng.uniform(1.4, 3.2)), burst=0.0 if slow[i] else float(rng.uniform(0, 0.7)),
-            voice_share=float(rng.uniform(0.05, 0.4)) if rng.random() < 0.6 and not simbox[i] else 0.0,
-            slow=bool(slow[i]), prefixes=prefixes, simbox=bool(simbox[i])))
+            ring_max=float(rng.uniform(1.4, 3.2)), burst=1.0, prefixes=tuple(int(lead + d) for d in second), simbox=True))
     for i in range(6):
         cc, prefix, rest = WANGIRI_RANGES[int(rng.integers(len(WANGIRI_RANGES)))]
         keep = int(rng.integers(2, 5))  # the pool: a handful of numbers sharing a block
         pool = int(prefix) * 10**rest + int(rng.integers(0, 10 ** (rest - keep))) * 10**keep
         pool = pool + rng.choice(10**keep, size=int(rng.integers(3, 30)), replace=False)
         a, b = span()
-        tr = tuple(intl_trunk(op) for op in OPS)
+        tr = tuple(_intl_trunk(rng, op) for op in OPS)
         out.append(Campaign(
             name=f"wangiri-{i + 1:02d}", kind="wangiri", cc=cc, prefix=int(prefix), tail=rest,
             share=float(rng.uniform(0.002, 0.005)), first_day=a, last_day=b, trunks=tr, trunks2=tr,
             targets=(44, 49), ring_max=float(rng.uniform(2.0, 4.0)), pool=pool, sequential=bool(rng.random() < 0.5)))
     for i, (cc, prefix, tail) in enumerate(((44, 3300, 3), (44, 8001, 2), (49, 69123, 3), (49, 8005, 3))):
         dom = TRUNKS[OPS[0 if cc == 44 else 1]][0]
-        tr = (int(rng.integers(len(dom))), int(rng.integers(len(dom))), intl_trunk("operator_c"))
+        tr = (int(rng.integers(len(dom))), int(rng.integers(len(dom))), _intl_trunk(rng, "operator_c"))
         out.append(Campaign(name=f"dialer-{i + 1:02d}", kind="dialer", cc=cc, prefix=prefix * 10**4 + int(rng.integers(10**4)),
                             tail=tail, share=0.008, first_day=0, last_day=days - 1, trunks=tr, trunks2=tr,
                             targets=(cc,)))
+    for i, (cc, prefix) in enumerate(((44, 2038), (49, 6995))):
+        # a bank's voice OTPs: many B-numbers from one small range, in login peaks, but answered and
+        # read out -- high velocity and B-spread that is NOT fraud
+        home = OPS[0 if cc == 44 else 1]
+        dom = int(rng.integers(len(TRUNKS[home][0])))
+        tr = tuple(dom if op == home else _intl_trunk(rng, op) for op in OPS)
+        out.append(Campaign(name=f"bank-{i + 1:02d}", kind="bank", cc=cc, prefix=prefix * 10**4 + int(rng.integers(10**4)),
+                            tail=3, share=float(rng.uniform(0.003, 0.008)), first_day=0, last_day=days - 1,
+                            trunks=tr, trunks2=tr, targets=(cc,), burst=float(rng.uniform(0.2, 0.6))))
     return out
 
 
@@ -307,8 +380,10 @@ class Batch:
 
 
 class Simulator:
-    def __init__(self, days: int, calls_per_day: int, seed: int, start: date, ops: Sequence[str], dirt: bool):
+    def __init__(self, days: int, calls_per_day: int, seed: int, start: date, ops: Sequence[str], dirt: bool,
+                 scenario: Scenario = Scenario()):
         self.days, self.cpd, self.seed, self.start, self.dirt = days, calls_per_day, seed, start, dirt
+        self.scenario = scenario
         self.ops = [op for op in OPS if op in ops]
         unknown = set(ops) - set(OPS)
         if unknown:
@@ -316,6 +391,7 @@ class Simulator:
         rng = np.random.default_rng([seed, 1])
         self.pop = Population.build(rng, int(np.clip(calls_per_day * 2, 5000, 4_000_000)))
         self.campaigns = _campaigns(rng, days)
+        self.campaigns += _extra_campaigns(np.random.default_rng([seed, 8]), days, scenario, len(self.campaigns))
         self.camp_names = [c.name for c in self.campaigns]
 
     # ---------------------------------------------------------------- traffic
@@ -386,12 +462,19 @@ class Simulator:
                       tout=self._egress(op2, pop.cc[y], pop.nsn[y]), truth=NORMAL, **o)
 
     def _campaign_times(self, rng, c: Campaign, n: int, day0: int, profile: np.ndarray) -> np.ndarray:
-        n_burst = int(n * c.burst)
+        """Start times: a share `c.burst` in bursts of 20-300 calls over 1-10 minutes, the rest spread
+        over the day. With the scenario's `intensity`, a flash campaign sends everything in bursts
+        whose rate per live range is that intensity."""
+        intensity = self.scenario.intensity if c.kind == "flash" and not (c.slow or c.simbox) else None
+        n_burst = n if intensity else int(n * c.burst)
         t = _times(rng, n - n_burst, day0, profile)
         if n_burst:
             size = int(rng.integers(20, 300))
             centres = _times(rng, max(1, n_burst // size), day0, profile)
             width = rng.uniform(60_000, 600_000, len(centres))
+            if intensity:
+                live = 1 if c.rotate else len(c.prefixes or (c.prefix,))
+                width[:] = n_burst / len(centres) / (intensity * live) * 60_000
             which = rng.integers(0, len(centres), n_burst)
             t = np.concatenate([t, centres[which] + (rng.random(n_burst) * width[which]).astype(np.int64)])
         return t
@@ -404,6 +487,9 @@ class Simulator:
         n = int(max(c.share * self.cpd, 8 if c.slow else 0) * rng.lognormal(0, 0.3))
         if c.kind == "dialer":
             self._dialer(rng, batch, c, ci, n, day0)
+            return
+        if c.kind == "bank":
+            self._bank(rng, batch, c, ci, n, day0)
             return
         targets = pop.mobiles(c.targets)
         if len(targets) == 0:
@@ -422,7 +508,7 @@ class Simulator:
         else:
             t0 = self._campaign_times(rng, c, n, day0, DIURNAL)
             b = rng.choice(targets, n)
-            a_nsn = self._range_numbers(rng, c, n)
+            a_nsn = self._range_numbers(rng, c, t0)
         op = _route_op(rng, pop.cc[b])
         tin = np.where(rng.random(n) < 0.7, np.array(c.trunks)[op], np.array(c.trunks2)[op])
         u = rng.random(n)
@@ -453,10 +539,13 @@ class Simulator:
             self._callbacks(rng, batch, c, ci, b[victims], a_nsn[victims], t0[victims] + pdd[victims] + ring[victims])
 
     @staticmethod
-    def _range_numbers(rng, c: Campaign, n: int) -> np.ndarray:
-        """A-numbers of a campaign: one of its range prefixes, then a tail that varies per call."""
+    def _range_numbers(rng, c: Campaign, t0: np.ndarray) -> np.ndarray:
+        """A-numbers of a campaign's calls starting at t0 (epoch ms): one of its range prefixes (a
+        random one, or for a rotating provider the one of the 4-hour slot), then a varying tail."""
+        n = len(t0)
         prefixes = np.array(c.prefixes or (c.prefix,), dtype=np.int64)
-        return prefixes[rng.integers(0, len(prefixes), n)] * 10**c.tail + rng.integers(0, 10**c.tail, n)
+        pick = (t0 // (4 * 3_600_000)) % len(prefixes) if c.rotate else rng.integers(0, len(prefixes), n)
+        return prefixes[pick] * 10**c.tail + rng.integers(0, 10**c.tail, n)
 
     def _otp_voice(self, rng, batch, c: Campaign, ci: int, m: int, targets, day0) -> None:
         """Legitimate voice OTPs from a flash range: answered and read out, so a range is not a verdict."""
@@ -464,10 +553,11 @@ class Simulator:
             return
         b = rng.choice(targets, m)
         op = _route_op(rng, self.pop.cc[b])
-        batch.add(op=op, t0=_times(rng, m, day0, DIURNAL), pdd=_lognormal_ms(rng, m, 0.8, 0.4, 0.1, 3),
+        t0 = _times(rng, m, day0, DIURNAL)
+        batch.add(op=op, t0=t0, pdd=_lognormal_ms(rng, m, 0.8, 0.4, 0.1, 3),
                   ring=_lognormal_ms(rng, m, 5, 0.4, 1, 20), dur=_uniform_ms(rng, m, 12, 45), disp=ANSWERED,
                   rel=CALLER, var=rng.integers(0, 100, m), a_cc=c.cc,
-                  a_nsn=self._range_numbers(rng, c, m), b_cc=self.pop.cc[b],
+                  a_nsn=self._range_numbers(rng, c, t0), b_cc=self.pop.cc[b],
                   b_nsn=self.pop.nsn[b], b_sub=b, tin=np.array(c.trunks)[op],
                   tout=self._egress(op, self.pop.cc[b], self.pop.nsn[b]), truth=NORMAL, scen=SC["otp_voice"], camp=ci)
 
@@ -508,6 +598,22 @@ class Simulator:
                   scen=np.array([SC["dialer_answered"], SC["dialer_no_answer"], SC["dialer_abandon"],
                                  SC["dialer_busy"]])[k], camp=ci)
 
+    def _bank(self, rng, batch: Batch, c: Campaign, ci: int, n: int, day0: int) -> None:
+        """A bank's voice OTPs (hard negatives): a small range calling many customers, in login peaks;
+        mostly answered and read out (15-45 s), some unanswered after a long ring, a few busy."""
+        pop = self.pop
+        b = rng.choice(np.flatnonzero(pop.cc == c.cc), n)
+        k = rng.choice(3, size=n, p=[0.82, 0.13, 0.05])  # answered, no answer, busy
+        ring = np.select([k == 0, k == 1], [_lognormal_ms(rng, n, 6, 0.4, 1, 25), _uniform_ms(rng, n, 20, 40)], 0)
+        disp = np.array([ANSWERED, NO_ANSWER, BUSY])[k]
+        op = np.where(rng.random(n) < 0.85, _home_op(np.full(n, c.cc)), 2).astype(np.int8)
+        batch.add(op=op, t0=self._campaign_times(rng, c, n, day0, BUSINESS + 0.1), pdd=_lognormal_ms(rng, n, 0.8, 0.4, 0.1, 3),
+                  ring=ring, dur=np.where(k == 0, _uniform_ms(rng, n, 15, 45), 0), disp=disp,
+                  rel=np.select([k == 0, k == 2], [CALLER, CALLEE], NETWORK), var=rng.integers(0, 100, n), a_cc=c.cc,
+                  a_nsn=c.prefix * 10**c.tail + rng.integers(0, 10**c.tail, n), b_cc=pop.cc[b], b_nsn=pop.nsn[b], b_sub=b,
+                  tin=np.array(c.trunks)[op], tout=self._egress(op, pop.cc[b], pop.nsn[b]), truth=NORMAL,
+                  scen=SC["bank_otp"], camp=ci)
+
     def day_calls(self, day: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, 2, day])
         day0 = int(datetime.combine(self.start + timedelta(days=day), datetime.min.time(), timezone.utc).timestamp())
@@ -516,6 +622,10 @@ class Simulator:
         for ci, c in enumerate(self.campaigns):
             self._campaign(rng, batch, c, ci, day, day0)
         f = batch.frame()
+        share = self.scenario.trunk_concentration if day >= self.scenario.concentrate_from_day else 0.0
+        if share:  # one busy ingress per operator (its first trunk) takes this share of every kind of call
+            moved = np.random.default_rng([self.seed, 9, day]).random(len(f["tin"])) < share
+            f["tin"] = np.where(moved, 0, f["tin"]).astype(f["tin"].dtype)
         keep = np.isin(f["op"], [OPS.index(op) for op in self.ops])
         return {k: v[keep] for k, v in f.items()}
 
@@ -736,6 +846,12 @@ CALL_ID_SQL = {
     "operator_c": "format('{:016x}-{:08x}', r64, seq)",
 }
 SEQ_BASE = {"operator_a": 1000, "operator_b": 1_000_000, "operator_c": 1}
+SEQ_PER_START_DAY = 10_000_000  # call-id sequences start further on for later start dates: runs that follow each other never reuse an id
+
+
+def _seq_base(op: str, start: date) -> int:
+    """First call sequence number of a run starting at `start` (kept below 2**31, as CUCM's ids are)."""
+    return SEQ_BASE[op] + ((start - date(2020, 1, 1)).days % 200) * SEQ_PER_START_DAY
 
 
 def _atomic(path: Path) -> Path:
@@ -743,8 +859,22 @@ def _atomic(path: Path) -> Path:
     return path.with_name(path.name + ".part")
 
 
-def _publish(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
+def _publish(tmp: Path, path: Path, rename: bool = True) -> Path:
+    """Publish a finished temporary file WITHOUT ever replacing an existing one (landing is
+    append-only: a hard link fails if the name is taken). A taken name gets a numbered sibling
+    (``name-2.csv``) when `rename`, else the run stops. Returns the published path."""
+    stem, ext = path.name.split(".", 1) if "." in path.name else (path.name, "")
+    candidates = [path] + ([path.with_name(f"{stem}-{k}.{ext}" if ext else f"{stem}-{k}") for k in range(2, 100)] if rename else [])
+    try:
+        for target in candidates:
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"{path} already exists; the simulator never overwrites a file")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class Writer:
@@ -757,7 +887,7 @@ class Writer:
         self.sim, self.home = sim, Path(home)
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
-        self.seq = {op: SEQ_BASE[op] for op in OPS}
+        self.seq = {op: _seq_base(op, sim.start) for op in OPS}
         self.files: dict[str, list[str]] = {op: [] for op in sim.ops}
         self.rows: Counter = Counter()
         self.truth: Counter = Counter()
@@ -849,7 +979,7 @@ class Writer:
                 ORDER BY t0, seq""").to_arrow_table()
             tmp = _atomic(out)
             pcsv.write_csv(table, tmp, pcsv.WriteOptions(quoting_style="none"))
-            _publish(tmp, out)
+            _publish(tmp, out, rename=False)
             self.truth.update({t: c for t, c in Counter(table.column("truth").to_pylist()).items()})
 
     # --------------------------------------------------------------- landing files
@@ -909,17 +1039,17 @@ class Writer:
                 f.write(gzip.compress(out.getvalue(), compresslevel=3, mtime=0))
             elif mangle.any():
                 f.write(_malformed(op, table.filter(pa.array(mangle)).select(names).to_pylist()).encode())
-        _publish(tmp, path)
+        path = _publish(tmp, path)
         bad_rows = 0 if gz else int(mangle.sum())
         self.rows[op] += good.num_rows
         for kind in (DUP, BAD_TS, CMR):
             self.dirt[f"{op}:{('clean', 'duplicate_row', 'bad_timestamp', 'cmr_row')[kind]}"] += int((dirt == kind).sum())
         self.dirt[f"{op}:malformed_row"] += bad_rows
-        self.files[op].append(name)
+        self.files[op].append(path.name)
         return path
 
-    def header_only(self, op: str, path: Path) -> None:
-        _write_bytes(self._header(op, 0)[1], path)
+    def header_only(self, op: str, path: Path) -> Path:
+        return _write_bytes(self._header(op, 0)[1], path)
 
 
 def _gz(seed: int, op: str, w: int, rot: int) -> bool:
@@ -944,11 +1074,11 @@ def _malformed(op: str, rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _write_bytes(data: bytes, path: Path) -> None:
-    """Write under name.part, then rename: a watcher never sees half a file."""
+def _write_bytes(data: bytes, path: Path) -> Path:
+    """Write under name.part, then publish: a watcher never sees half a file."""
     tmp = _atomic(path)
     tmp.write_bytes(data)
-    _publish(tmp, path)
+    return _publish(tmp, path)
 
 
 def _dirty_files(writer: Writer, written: dict[str, list[Path]]) -> None:
@@ -959,22 +1089,24 @@ def _dirty_files(writer: Writer, written: dict[str, list[Path]]) -> None:
         first = paths[0]
         stem = first.name.split(".")[0]
         ext = first.name[len(stem):]
-        _write_bytes(first.read_bytes(), first.with_name(f"{stem}-resent{ext}"))
-        _write_bytes(b"", first.with_name(f"{stem}-empty.csv"))
-        writer.files[op] += [f"{stem}-resent{ext}", f"{stem}-empty.csv"]
+        resent = _write_bytes(first.read_bytes(), first.with_name(f"{stem}-resent{ext}"))
+        empty = _write_bytes(b"", first.with_name(f"{stem}-empty.csv"))
+        writer.files[op] += [resent.name, empty.name]
         writer.dirt[f"{op}:duplicate_file"] += 1
         writer.dirt[f"{op}:empty_file"] += 1
         if op != "operator_a":
-            writer.header_only(op, first.with_name(f"{stem}-header-only.csv"))
-            writer.files[op].append(f"{stem}-header-only.csv")
+            writer.files[op].append(writer.header_only(op, first.with_name(f"{stem}-header-only.csv")).name)
             writer.dirt[f"{op}:header_only_file"] += 1
         gzs = [p for p in paths if p.name.endswith(".gz")]
         if gzs:
             data = gzs[0].read_bytes()
             s = gzs[0].name.split(".")[0]
-            _write_bytes(data[: max(20, len(data) // 2)], gzs[0].with_name(f"{s}-partial.csv.gz"))
-            writer.files[op].append(f"{s}-partial.csv.gz")
+            writer.files[op].append(_write_bytes(data[: max(20, len(data) // 2)], gzs[0].with_name(f"{s}-partial.csv.gz")).name)
             writer.dirt[f"{op}:truncated_gzip"] += 1
+
+
+class SimulationRefused(ValueError):
+    """The requested period overlaps days already simulated into this home."""
 
 
 def simulate(
@@ -985,16 +1117,26 @@ def simulate(
     start_date: date = date(2026, 11, 1),
     operators: Sequence[str] = ("operator_a", "operator_b", "operator_c"),
     dirt: bool = True,
+    scenario: Scenario = Scenario(),
 ) -> dict:
     """Simulate `days` of traffic from `start_date` into home/landing and home/ground_truth.
 
     Same arguments, same bytes. Returns a summary: files and rows per operator, calls by truth,
-    dirt injected.
+    dirt injected. Landing is append-only: a run over days already simulated into `home` is refused
+    (SimulationRefused) before anything is written, and no file is ever replaced -- a run that
+    continues an earlier one writes a drop whose name is taken (the window across midnight) under a
+    numbered sibling name, with call ids of its own.
     """
     if days < 1 or calls_per_day < 1:
         raise ValueError("days and calls_per_day must be positive")
     home = Path(home)
-    sim = Simulator(days, calls_per_day, seed, start_date, operators, dirt)
+    sim = Simulator(days, calls_per_day, seed, start_date, operators, dirt, scenario)
+    taken = sorted(str(p.relative_to(home)) for op in sim.ops for d in range(days)
+                   if (p := home / "ground_truth" / op / f"{start_date + timedelta(days=d)}.csv").exists())
+    if taken:
+        raise SimulationRefused(
+            f"{home} already holds simulated days in this period ({', '.join(taken[:3])}{' …' if len(taken) > 3 else ''}); "
+            f"landed files are never overwritten: simulate from a later --start-date or into another VOICEFW_HOME")
     writer = Writer(sim, home)
     dirt_day = int(np.random.default_rng([seed, 7]).integers(days))
     end_ms = int(datetime.combine(start_date + timedelta(days=days), datetime.min.time(), timezone.utc).timestamp()) * 1000

@@ -1,24 +1,25 @@
 """Features, labels, training, gated promotion and batch scoring (Dagster assets + checks).
 
-call_features[day], call_labels[day]  ->  training_set  ->  flash_call_model (candidate)
-  -- blocking checks: quality_gate, leakage_guard -->  serving_model (versioned bundle)
+call_features[day], call_labels[day]  ->  training_set  ->  flash_call_model (candidates)
+  -- checks: quality_gate (warns: candidate rejected), leakage_guard (blocks) -->
+  serving_model (versioned bundle: the chosen candidate, or the velocity rules)
   -->  scored_calls[day], suspicious_ranges[day]
 
 Heavy work is DuckDB SQL in the warehouse; pandas/numpy only for the training sample and scores.
 """
 
 
-import base64
-import io
 import json
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetDep,
     AssetExecutionContext,
     AssetKey,
@@ -29,16 +30,15 @@ from dagster import (
     asset,
     asset_check,
 )
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from resources.model_store import ModelStore
 from resources.warehouse import WAREHOUSE_POOL, Warehouse
+from voicefw_assets import candidates as C
+from voicefw_assets import charts
+from voicefw_assets.batch_features import HISTORY_DUCKDB_MEMORY, call_features_select
 from voicefw_assets import features as F
 from voicefw_assets.labels import call_labels_sql, label_quality_sql
-from voicefw_assets.model_bundle import Bundle, decision, feature_row, load_bundle, score_matrix
+from voicefw_assets.model_bundle import Bundle, load_bundle, score_matrix
 from voicefw_assets.model_config import load_model_config
 from voicefw_assets.online_features import STATE_COLUMNS, STATE_FILE, STATE_META
 from voicefw_assets.operators import operator_configs
@@ -77,6 +77,12 @@ def _replace_partition(con, table: str, day: str, select_sql: str, log=None) -> 
     return con.execute(f"SELECT count(*) FROM {table} WHERE partition_date = DATE '{day}'").fetchall()[0][0]
 
 
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _md(df: pd.DataFrame, n: int = 20) -> str:
     df = df.head(n)
     if df.empty:
@@ -84,7 +90,7 @@ def _md(df: pd.DataFrame, n: int = 20) -> str:
     cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
     return "\n".join(lines)
 
 
@@ -95,7 +101,8 @@ def _md(df: pd.DataFrame, n: int = 20) -> str:
 def call_features(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     day = context.partition_key
     with warehouse.connect() as con:
-        n = _replace_partition(con, "call_features", day, F.call_features_sql(day, _timezones()), context.log)
+        con.execute(f"SET memory_limit = '{HISTORY_DUCKDB_MEMORY}'")  # the history columns live in numpy beside it
+        n = _replace_partition(con, "call_features", day, call_features_select(con, day, _timezones()), context.log)
         stats = con.execute(f"""SELECT count(DISTINCT a_range), max("a_range__count_1m"), avg("a_range__count_1m")
             FROM call_features WHERE partition_date = DATE '{day}'""").fetchone()
         preview = con.execute(f"""SELECT operator, call_id, start_time, a_range, "a_range__count_1m", "a_range__distinct_a_10m",
@@ -142,23 +149,22 @@ def call_labels(context: AssetExecutionContext, warehouse: Warehouse) -> Materia
             meta["label_quality_vs_ground_truth"] = MetadataValue.md(
                 "Weak labels (CDR outcomes + campaign behaviour of the day) vs simulator truth, per operator and class. "
                 "Missed flash calls are mostly SIM-farm calls from random-looking numbers outside bursts.\n\n" + _md(q, 50))
-            meta["flash_label_precision"] = float(tot[0] / tot[1]) if tot[1] else 0.0
-            meta["flash_label_recall"] = float(tot[0] / tot[2]) if tot[2] else 0.0
+            meta["flash_label_precision"] = round(float(tot[0] / tot[1]), 4) if tot[1] else 0.0
+            meta["flash_label_recall"] = round(float(tot[0] / tot[2]), 4) if tot[2] else 0.0
         else:
             meta["label_quality_vs_ground_truth"] = MetadataValue.md("_no ground truth for this day_")
     return MaterializeResult(metadata={"rows": n, **meta})
 
 
-# ---------------------------------------------------------------- training set and candidate
+# ---------------------------------------------------------------- training set and candidates
 
 def split_days(days: list, cfg) -> tuple[list, list]:
     """Time split of the (sorted) window days: the latest `eval_days` evaluate, but at least
-    `min_train_days` train (3 days -> 2 + 1; 7 days -> 5 + 2). Never random: a random split
-    would put calls of the same campaign-hour on both sides and flatter the model."""
-    n_eval = min(cfg.eval_days, len(days) - cfg.min_train_days)
-    if n_eval < 1:
-        raise ValueError(f"need at least min_train_days + 1 = {cfg.min_train_days + 1} days of features+labels, have {len(days)}")
-    return days[:-n_eval], days[-n_eval:]
+    `min_train_days` train (3 days -> 2 + 1; 7 days -> 5 + 2); with fewer days everything trains
+    and nothing evaluates (no ML candidate can pass then). Never random: a random split would put
+    calls of the same campaign-hour on both sides and flatter the model."""
+    n_eval = max(0, min(cfg.eval_days, len(days) - cfg.min_train_days))
+    return (days[:-n_eval], days[-n_eval:]) if n_eval else (list(days), [])
 
 
 @asset(group_name=GROUP, deps=[call_features, call_labels], pool=WAREHOUSE_POOL,
@@ -171,7 +177,10 @@ def training_set(context: AssetExecutionContext, warehouse: Warehouse) -> Materi
         days = [r[0] for r in con.execute(f"""SELECT DISTINCT f.partition_date FROM call_features f
             JOIN (SELECT DISTINCT partition_date FROM call_labels) USING (partition_date)
             ORDER BY 1 DESC LIMIT {cfg.window_days}""").fetchall()][::-1]
-        eval_from = split_days(days, cfg)[1][0]
+        if not days:
+            raise ValueError("no day has both call_features and call_labels yet")
+        train_days, eval_days = split_days(days, cfg)
+        eval_from = eval_days[0] if eval_days else days[-1] + timedelta(days=1)
         con.execute(f"""CREATE OR REPLACE TABLE training_set AS
             SELECT f.operator, f.call_id, f.partition_date, f.start_time, f.a_range, {cols},
               l.label, CAST(l.label = 'flash' AS INTEGER) AS is_flash,
@@ -179,191 +188,228 @@ def training_set(context: AssetExecutionContext, warehouse: Warehouse) -> Materi
             FROM call_features f JOIN call_labels l USING (operator, call_id, partition_date)
             WHERE f.partition_date BETWEEN DATE '{days[0]}' AND DATE '{days[-1]}'""")
         summary = con.execute("SELECT split, label, count(*) AS rows FROM training_set GROUP BY ALL ORDER BY 1, 2").df()
-    train_days = [d.isoformat() for d in days if d < eval_from]
-    eval_days = [d.isoformat() for d in days if d >= eval_from]
+    if not eval_days:
+        context.log.warning(f"{len(days)} day(s) of data: nothing to evaluate on until there are "
+                            f"{cfg.min_train_days + 1}; only the shipped velocity rules can be served")
     return MaterializeResult(metadata={
-        "rows": int(summary["rows"].sum()), "train_days": MetadataValue.json(train_days),
-        "eval_days": MetadataValue.json(eval_days), "by_split_and_label": MetadataValue.md(_md(summary, 50)),
+        "rows": int(summary["rows"].sum()), "train_days": MetadataValue.json([d.isoformat() for d in train_days]),
+        "eval_days": MetadataValue.json([d.isoformat() for d in eval_days]), "by_split_and_label": MetadataValue.md(_md(summary, 50)),
     })
 
 
-def rules_score(X: np.ndarray, names: list[str], calls_per_min: float, su_share: float) -> np.ndarray:
-    """Today's voice-firewall rule (OpenSIPS fraud_detection / CGRateS style): fire when an A-range
-    makes >= `calls_per_min` calls a minute AND its short-unanswered share is >= `su_share`.
-    Fired calls score >= 2/3; the rest are ranked by how close they come (for PR curves)."""
-    cpm = X[:, names.index("a_range__count_1m")] + 1  # this call included
-    share = np.maximum(X[:, names.index("a_range__su_share_1h")], 0)
-    fired = (cpm >= calls_per_min) & (share >= su_share)
-    return (fired + 0.5 * np.minimum(cpm / calls_per_min, 1) * share) / 1.5
+def model_inputs(mc) -> list[str]:
+    """What every candidate reads: the model features plus whatever the velocity rules read."""
+    wanted = set(F.MODEL_FEATURES) | set(C.rule_features(mc.rules_baseline))
+    return [n for n in F.FEATURE_NAMES if n in wanted]
 
 
-def evaluate(y: np.ndarray, s: np.ndarray) -> dict:
-    """PR-AUC, ROC-AUC, recall at precision >= 0.99, precision at FPR <= 0.1%."""
-    if y.min() == y.max():
-        raise ValueError("evaluation split has a single class")
-    p, r, _ = precision_recall_curve(y, s)
-    fpr, tpr, _ = roc_curve(y, s)
-    ok = fpr <= 0.001
-    pos, neg = y.sum(), len(y) - y.sum()
-    i = np.flatnonzero(ok)[-1]
-    tp, fp = tpr[i] * pos, fpr[i] * neg
-    return {
-        "pr_auc": float(average_precision_score(y, s)),
-        "roc_auc": float(roc_auc_score(y, s)),
-        "recall_at_p99": float(r[p >= 0.99].max()) if (p >= 0.99).any() else 0.0,
-        "precision_at_fpr_0_1pct": float(tp / (tp + fp)) if tp + fp > 0 else 0.0,
-    }
+def _load_training(con, names: list[str], cfg) -> tuple[dict, dict, dict, dict]:
+    """(days per split, training rows, evaluation rows with truth, training days per operator)."""
+    cols = ", ".join(f'"{c}"' for c in names)
+    days = dict(con.execute("SELECT split, list(DISTINCT partition_date::VARCHAR ORDER BY partition_date::VARCHAR) "
+                            "FROM training_set GROUP BY 1").fetchall())
+    n_train = con.execute("SELECT count(*) FROM training_set WHERE split = 'train'").fetchone()[0]
+    keep = min(1.0, cfg.max_train_rows / max(n_train, 1))
+    # above max_train_rows, keep every flash call and sample the rest (weights undo the sampling)
+    tr = con.execute(f"""SELECT {cols}, is_flash, CASE WHEN is_flash = 1 THEN 1.0 ELSE 1.0 / {keep} END AS w
+        FROM training_set WHERE split = 'train' AND (is_flash = 1 OR hash(call_id) % 1000000 < {keep * 1e6})
+        ORDER BY start_time, operator, call_id""").fetchnumpy()
+    truth_files = _truth_files(days.get("eval", []))
+    truth = (f"(SELECT operator, call_id, truth FROM {_read_truth_sql(truth_files)})" if truth_files else
+             "(SELECT NULL::VARCHAR AS operator, NULL::VARCHAR AS call_id, NULL::VARCHAR AS truth)")
+    ev = con.execute(f"""SELECT {cols}, operator, is_flash, t.truth IS NOT NULL AS has_truth,
+          coalesce(t.truth = 'flash', false) AS truth_flash
+        FROM training_set LEFT JOIN {truth} t USING (operator, call_id)
+        WHERE split = 'eval' ORDER BY start_time, operator, call_id""").fetchnumpy()
+    op_days = dict(con.execute("SELECT operator, count(DISTINCT partition_date) FROM training_set "
+                               "WHERE split = 'train' GROUP BY 1").fetchall())
+    return days, tr, ev, op_days
 
 
-def _pr_plot(targets: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> str:
-    """PR curves of every model, one panel per target (weak labels; ground truth where it exists)."""
-    import matplotlib
+def _metrics_or_none(y: np.ndarray, s: np.ndarray) -> dict | None:
+    return C.evaluate(y, s) if len(y) and y.min() != y.max() else None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4), dpi=80, squeeze=False)
-    for ax, (target, (y, mask)) in zip(axes[0], targets.items()):
-        for name, s in scores.items():
-            p, r, _ = precision_recall_curve(y, s[mask])
-            ax.plot(r, p, label=f"{name} (AP {average_precision_score(y, s[mask]):.3f})")
-        ax.set_xlabel("recall")
-        ax.set_ylabel("precision")
-        ax.set_title(f"flash calls, evaluation days, vs {target}")
-        ax.legend(loc="lower left")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return f"![PR curves](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+def _round(v, digits: int = 4):
+    """Displayed metrics: 4 significant decimals, never 16-digit floats."""
+    if isinstance(v, float):
+        return round(v, digits)
+    if isinstance(v, dict):
+        return {k: _round(x, digits) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_round(x, digits) for x in v]
+    return v
 
 
 @asset(group_name=GROUP, deps=[training_set], pool=WAREHOUSE_POOL,
-       description="Candidate LightGBM flash-call model beside a logistic regression and a rules baseline (same time split), "
-                   "evaluated against the weak labels and, where simulator ground truth exists, against it.")
+       description="Flash-call candidates -- LightGBM, logistic regression and the velocity-rules baseline -- trained on "
+                   "the same time split (validation fold for early stopping and thresholds), judged per operator and "
+                   "overall against the weak labels (and simulator ground truth where it exists); the best passing "
+                   "ML candidate is chosen for promotion.")
 def flash_call_model(context: AssetExecutionContext, warehouse: Warehouse) -> Output[dict]:
     mc = load_model_config()
-    cfg = mc.training
-    names = list(F.FEATURE_NAMES)
-    cols = ", ".join(f'"{c}"' for c in names)
+    cfg, g = mc.training, mc.gates
+    names = model_inputs(mc)
     with warehouse.connect() as con:
-        days = dict(con.execute("SELECT split, list(DISTINCT partition_date::VARCHAR ORDER BY partition_date::VARCHAR) FROM training_set GROUP BY 1").fetchall())
-        n_train = con.execute("SELECT count(*) FROM training_set WHERE split = 'train'").fetchone()[0]
-        keep = min(1.0, cfg.max_train_rows / max(n_train, 1))
-        # above max_train_rows, keep every flash call and sample the rest (weights undo the sampling)
-        tr = con.execute(f"""SELECT {cols}, is_flash, CASE WHEN is_flash = 1 THEN 1.0 ELSE 1.0 / {keep} END AS w
-            FROM training_set WHERE split = 'train' AND (is_flash = 1 OR hash(call_id) % 1000000 < {keep * 1e6})
-            ORDER BY start_time, operator, call_id""").fetchnumpy()
-        truth_files = _truth_files(days.get("eval", []))
-        truth = (f"LEFT JOIN (SELECT operator, call_id, truth FROM {_read_truth_sql(truth_files)}) t USING (operator, call_id)"
-                 if truth_files else "LEFT JOIN (SELECT NULL::VARCHAR AS operator, NULL::VARCHAR AS call_id, NULL::VARCHAR AS truth) t USING (operator, call_id)")
-        ev = con.execute(f"""SELECT {cols}, is_flash, t.truth IS NOT NULL AS has_truth, coalesce(t.truth = 'flash', false) AS truth_flash
-            FROM training_set {truth}
-            WHERE split = 'eval' ORDER BY start_time, operator, call_id""").fetchnumpy()
-    Xtr = np.column_stack([tr[c] for c in names]).astype(np.float64)
-    ytr, wtr = tr["is_flash"].astype(int), tr["w"].astype(float)
-    Xev = np.column_stack([ev[c] for c in names]).astype(np.float64)
-    yev = ev["is_flash"].astype(int)
-    if ytr.min() == ytr.max():
-        raise ValueError("training split has a single class")
-
-    params = {"objective": "binary", "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
-              "min_data_in_leaf": 20, "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1,
-              "seed": 7, "deterministic": True, "num_threads": 2, "verbose": -1}
-    booster = lgb.train(params, lgb.Dataset(Xtr, ytr, weight=wtr, feature_name=names), num_boost_round=cfg.num_boost_round)
-    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    lr.fit(Xtr, ytr, logisticregression__sample_weight=wtr)
-    rb = mc.rules_baseline
-    scores = {
-        "lightgbm": booster.predict(Xev, num_threads=1),
-        "logistic_regression": lr.predict_proba(Xev)[:, 1],
-        "rules": rules_score(Xev, names, rb.calls_per_min_per_a_range, rb.short_unanswered_share),
-    }
-    metrics = {k: evaluate(yev, s) for k, s in scores.items()}
-    targets = {"labels": (yev, np.ones(len(yev), bool))}
-    meta: dict = {}
-    has_truth = ev["has_truth"].astype(bool)
-    if has_truth.any():
-        # simulator ground truth: the honest number, and how far the weak labels are from it on these days
-        yt = ev["truth_flash"][has_truth].astype(int)
-        targets["ground truth"] = (yt, has_truth)
-        metrics_truth = {k: evaluate(yt, s[has_truth]) for k, s in scores.items()}
-        lab = yev[has_truth]
-        meta.update({
-            "truth_rows": int(has_truth.sum()), "truth_positives": int(yt.sum()),
-            "label_vs_truth/flash_precision": float((lab & yt).sum() / max(lab.sum(), 1)),
-            "label_vs_truth/flash_recall": float((lab & yt).sum() / max(yt.sum(), 1)),
-            "metrics_vs_ground_truth": MetadataValue.md(_md(pd.DataFrame([{"model": k, **v} for k, v in metrics_truth.items()]))),
-        })
-        for model, m in metrics_truth.items():
-            for k, v in m.items():
-                meta[f"truth/{model}/{k}"] = v
+        days, tr, ev, op_days = _load_training(con, names, cfg)
+    train = C.Split(np.column_stack([tr[c] for c in names]).astype(np.float64) if len(tr["is_flash"]) else np.empty((0, len(names))),
+                    tr["is_flash"].astype(int), tr["w"].astype(float))
+    Xev = np.column_stack([ev[c] for c in names]).astype(np.float64) if len(ev["is_flash"]) else np.empty((0, len(names)))
+    yev, ops_ev = ev["is_flash"].astype(int), ev["operator"].astype(str)
+    cut = C.validation_cut(len(train.y), cfg.validation_share)
+    fit, valid = train.rows(slice(0, cut)), train.rows(slice(cut, None))
+    payloads: dict[str, dict] = {}
+    if len(train.y) > 1 and fit.y.min() != fit.y.max():
+        payloads["lightgbm"] = C.train_lightgbm(fit, valid, names, cfg)
+        payloads["logistic_regression"] = C.train_linear(fit, names, cfg)
+        payloads["rules"] = C.fit_rules(fit, names, mc.rules_baseline)
     else:
-        metrics_truth = None
-    importance = pd.DataFrame({"feature": names, "gain": booster.feature_importance("gain")}).sort_values("gain", ascending=False)
-    # golden rows: a few evaluation rows (flash and not) whose scores a loaded bundle must reproduce
-    idx = list(np.flatnonzero(yev == 1)[:3]) + list(np.flatnonzero(yev == 0)[:3])
-    golden = [{"features": dict(zip(names, map(float, Xev[i]))), "score": float(scores["lightgbm"][i])} for i in idx]
-    table = pd.DataFrame([{"model": k, **v} for k, v in metrics.items()])
+        context.log.warning("the training days hold a single class: only the shipped velocity rules are a candidate")
+        payloads["rules"] = C.default_rules(mc.rules_baseline)
+
+    # who is gated: operators with enough training days and enough flash labels to evaluate
+    gated_ops = sorted(op for op in set(ops_ev) if op_days.get(op, 0) >= cfg.min_train_days
+                       and (yev[ops_ev == op] == 1).sum() >= g.min_operator_positives)
+    in_gate = np.isin(ops_ev, gated_ops)
+    has_truth = ev["has_truth"].astype(bool)
+    yt = ev["truth_flash"].astype(int)
+    default_th = {"flag": mc.decision.flag, "block": mc.decision.block}
+    results: dict[str, dict] = {}
+    all_scores: dict[str, np.ndarray] = {}
+    for name, payload in payloads.items():
+        s = C.scores(payload, names, Xev) if len(Xev) else np.empty(0)
+        all_scores[name] = s
+        per_op = {}
+        for op in sorted(set(ops_ev)):
+            m = ops_ev == op
+            per_op[op] = {"metrics": _metrics_or_none(yev[m], s[m]), "gated": op in gated_ops,
+                          "training_days": int(op_days.get(op, 0)), "flash_labels": int(yev[m].sum()),
+                          "vs_ground_truth": _metrics_or_none(yt[m & has_truth], s[m & has_truth])}
+        results[name] = {
+            "kind": C.KIND[name], "model_text": payload["model_text"], "rounds": payload.get("rounds"),
+            "thresholds": C.fit_thresholds(valid.y, C.scores(payload, names, valid.X), mc.decision.flag_precision,
+                                           mc.decision.block_precision, default_th) if len(valid.y) else default_th,
+            "metrics": _metrics_or_none(yev[in_gate], s[in_gate]),
+            "metrics_vs_ground_truth": _metrics_or_none(yt[has_truth], s[has_truth]),
+            "per_operator": per_op,
+            "golden_rows": _golden(names, Xev if len(Xev) else train.X, yev if len(Xev) else train.y, s if len(Xev) else
+                                   C.scores(payload, names, train.X)),
+        }
+    rules_overall = results["rules"]["metrics"]
+    for name, r in results.items():
+        gated = {op: v["metrics"] for op, v in r["per_operator"].items() if v["gated"] and v["metrics"]}
+        r["reasons"] = (["only the rules are fitted"] if name == "rules" else
+                        C.gate_reasons(name, r["metrics"], gated, rules_overall, g))
+    if "lightgbm" not in results:
+        reasons_line = f"cannot train: {len(days.get('train', []))} training day(s) with a single class or no rows"
+    else:
+        reasons_line = C.rejection_line(results)
+    chosen = C.choose(results)
     value = {
-        "model_text": booster.model_to_string(), "feature_names": names, "metrics": metrics,
-        "metrics_vs_ground_truth": metrics_truth,
-        "golden_rows": golden, "trained_on": days.get("train", []), "evaluated_on": days.get("eval", []),
-        "train_rows": int(len(ytr)), "eval_rows": int(len(yev)),
+        "feature_names": names, "candidates": results, "chosen": chosen,
+        "decision": f"promote {chosen}" if chosen else f"candidate rejected: {reasons_line}",
+        "reasons": "" if chosen else reasons_line, "gated_operators": gated_ops,
+        "trained_on": days.get("train", []), "evaluated_on": days.get("eval", []),
+        "train_rows": int(len(train.y)), "eval_rows": int(len(yev)),
     }
-    meta.update({
-        "train_rows": len(ytr), "eval_rows": len(yev), "train_positives": int(ytr.sum()), "eval_positives": int(yev.sum()),
-        "train_partitions": MetadataValue.json(days.get("train", [])), "eval_partitions": MetadataValue.json(days.get("eval", [])),
-        "metrics": MetadataValue.md("Against the weak labels (what quality_gate checks):\n\n" + _md(table)),
-        "pr_curve": MetadataValue.md(_pr_plot(targets, scores)),
-        "feature_importance": MetadataValue.md(_md(importance, 15)),
-    })
-    for model, m in metrics.items():
-        for k, v in m.items():
-            meta[f"{model}/{k}"] = v
-    return Output(value, metadata=meta)
+    return Output(value, metadata=_model_metadata(value, all_scores, yev, in_gate, has_truth, yt, ops_ev))
+
+
+def _golden(names: list[str], X: np.ndarray, y: np.ndarray, s: np.ndarray) -> list[dict]:
+    """A few rows (flash and not) whose scores a loaded bundle must reproduce."""
+    idx = list(np.flatnonzero(y == 1)[:3]) + list(np.flatnonzero(y == 0)[:3])
+    return [{"features": dict(zip(names, map(float, X[i]))), "score": float(s[i])} for i in idx]
+
+
+def _model_metadata(value: dict, all_scores: dict, yev, in_gate, has_truth, yt, ops_ev) -> dict:
+    res = value["candidates"]
+    rows = []
+    for name, r in res.items():
+        row = {"candidate": name, "passed": "yes" if not r["reasons"] else "no"}
+        row.update({f"{k}": v for k, v in (r["metrics"] or {}).items()})
+        if r["metrics_vs_ground_truth"]:
+            row.update({f"truth {k}": v for k, v in r["metrics_vs_ground_truth"].items() if k in ("pr_auc", "recall_at_p99")})
+        rows.append(row)
+    per_op = []
+    for name, r in res.items():
+        for op, v in r["per_operator"].items():
+            m = v["metrics"] or {}
+            per_op.append({"candidate": name, "operator": op, "gated": "yes" if v["gated"] else f"no ({v['training_days']} train days, {v['flash_labels']} flash labels)",
+                           "pr_auc": m.get("pr_auc"), "recall_at_p99": m.get("recall_at_p99"),
+                           "precision_at_fpr_0_1pct": m.get("precision_at_fpr_0_1pct")})
+    meta: dict = {
+        "decision": value["decision"], "chosen": value["chosen"] or "none (candidate rejected)",
+        "reasons": value["reasons"] or "all gates passed",
+        "train_rows": value["train_rows"], "eval_rows": value["eval_rows"],
+        "train_partitions": MetadataValue.json(value["trained_on"]), "eval_partitions": MetadataValue.json(value["evaluated_on"]),
+        "candidates": MetadataValue.md("Against the weak labels on the evaluation days (what the gate judges); "
+                                       "`truth …` against simulator ground truth where it exists.\n\n" + _md(pd.DataFrame(rows))),
+        "per_operator": MetadataValue.md(_md(pd.DataFrame(per_op), 60)),
+        "gated_operators": MetadataValue.json(value["gated_operators"]),
+    }
+    for name, r in res.items():
+        for k, v in (r["metrics"] or {}).items():
+            meta[f"{name}/{k}"] = _round(v)
+        for k, v in (r["metrics_vs_ground_truth"] or {}).items():
+            meta[f"truth/{name}/{k}"] = _round(v)
+        if r.get("rounds"):
+            meta[f"{name}/rounds"] = r["rounds"]
+    if len(yev) and yev.min() != yev.max():
+        targets = {"labels": (yev[in_gate], in_gate)} if in_gate.any() and yev[in_gate].min() != yev[in_gate].max() else {}
+        if has_truth.any() and yt[has_truth].min() != yt[has_truth].max():
+            targets["ground truth"] = (yt[has_truth], has_truth)
+        if targets:
+            meta["pr_curve"] = MetadataValue.md(charts.pr_curves(targets, all_scores))
+        shown = value["chosen"] or ("lightgbm" if "lightgbm" in res else "rules")
+        groups = {"labelled flash": yev == 1, "labelled not flash": yev == 0}
+        meta["score_distribution"] = MetadataValue.md(charts.score_distribution(
+            all_scores[shown], groups, res[shown]["thresholds"], f"{shown}: scores on the evaluation days by label"))
+    return meta
 
 
 # ---------------------------------------------------------------- blocking checks (gates)
 
-def gate_failures(metrics: dict, g) -> list[str]:
-    """Why a candidate must not be promoted (empty: promote). `metrics` are against the weak labels."""
-    cand = metrics["lightgbm"]
-    failures = []
-    if cand["pr_auc"] < g.min_pr_auc:
-        failures.append(f"PR-AUC {cand['pr_auc']:.4f} < floor {g.min_pr_auc}")
-    if cand["precision_at_fpr_0_1pct"] < g.min_precision_at_fpr_0_1pct:
-        failures.append(f"precision@FPR0.1% {cand['precision_at_fpr_0_1pct']:.4f} < floor {g.min_precision_at_fpr_0_1pct}")
-    if cand["recall_at_p99"] < g.min_recall_at_p99:
-        failures.append(f"recall@P99 {cand['recall_at_p99']:.4f} < floor {g.min_recall_at_p99}")
-    for base in ("logistic_regression", "rules"):
-        if cand["pr_auc"] <= metrics[base]["pr_auc"] + g.min_margin_pr_auc:
-            failures.append(f"PR-AUC {cand['pr_auc']:.4f} does not beat {base} ({metrics[base]['pr_auc']:.4f}) by > {g.min_margin_pr_auc}")
-    if cand["recall_at_p99"] < metrics["rules"]["recall_at_p99"] + g.min_margin_recall_at_p99:
-        failures.append(f"recall@P99 {cand['recall_at_p99']:.4f} is not >= rules ({metrics['rules']['recall_at_p99']:.4f}) "
-                        f"+ {g.min_margin_recall_at_p99}")
-    return failures
+def _serving_kind(instance) -> tuple[str | None, str | None]:
+    """(kind, version) of the latest serving_model materialization (kind None: nothing served yet)."""
+    event = instance.get_latest_materialization_event(AssetKey("serving_model"))
+    if event is None or event.asset_materialization is None:
+        return None, None
+    md = event.asset_materialization.metadata
+    kind = md["kind"].value if "kind" in md else "lightgbm"  # bundles from before kinds, and `voicefw promote` of one
+    return kind, md["version"].value if "version" in md else None
 
 
-@asset_check(asset=flash_call_model, blocking=True, description="Candidate beats both baselines and clears the absolute floors.")
-def quality_gate(flash_call_model: dict) -> AssetCheckResult:
-    # The gate judges the candidate against the weak LABELS, not simulator ground truth: production
-    # data has no ground truth, so a gate on truth would mean something different in simulation and
-    # in production (and would pass or fail a run by whether a simulator wrote truth files). The
-    # labels' own error vs truth is measured on call_labels and flash_call_model, and the candidate's
-    # metrics vs truth are reported next to the gate's, so a label/truth gap cannot hide.
-    g = load_model_config().gates
-    m = flash_call_model["metrics"]
-    failures = gate_failures(m, g)
-    meta = {"failures": MetadataValue.json(failures), "judged_against": "weak labels",
-            "candidate_pr_auc": m["lightgbm"]["pr_auc"], "candidate_recall_at_p99": m["lightgbm"]["recall_at_p99"],
-            "candidate_precision_at_fpr_0_1pct": m["lightgbm"]["precision_at_fpr_0_1pct"],
-            "rules_pr_auc": m["rules"]["pr_auc"], "rules_recall_at_p99": m["rules"]["recall_at_p99"],
-            "logistic_regression_pr_auc": m["logistic_regression"]["pr_auc"]}
-    truth = flash_call_model.get("metrics_vs_ground_truth")
-    if truth:
-        meta["candidate_pr_auc_vs_ground_truth"] = truth["lightgbm"]["pr_auc"]
-        meta["candidate_recall_at_p99_vs_ground_truth"] = truth["lightgbm"]["recall_at_p99"]
-    return AssetCheckResult(passed=not failures, metadata=meta)
+def promotion_plan(value: dict, served_kind: str | None, served_version: str | None) -> tuple[str | None, str]:
+    """(candidate to promote or None, why) -- the ONE place that decides what serving_model does:
+    the chosen ML candidate; else, while no ML model has been served, the fitted velocity rules
+    (so a fresh install scores from day one); else keep the ML model that is served."""
+    if value["chosen"]:
+        return value["chosen"], f"{value['chosen']} passed every gate"
+    if served_kind in (None, "rules"):
+        return "rules", f"candidate rejected: {value['reasons']}; serving the velocity rules until an ML candidate passes"
+    return None, f"candidate rejected: {value['reasons']}; keeping the served {served_kind} model {served_version}"
+
+
+@asset_check(asset=flash_call_model, blocking=True,
+             description="An ML candidate clears the floors overall and per operator and beats the velocity rules. A rejected "
+                         "candidate is a warning, not a failure: serving_model then keeps the served model, or serves the "
+                         "velocity rules when no ML model has ever been promoted.")
+def quality_gate(context: AssetCheckExecutionContext, flash_call_model: dict) -> AssetCheckResult:
+    # Judged against the weak LABELS, not simulator ground truth: production data has no ground
+    # truth, so a gate on truth would mean something different in simulation and in production.
+    # The candidates' metrics vs truth are reported next to the gate's, so a label/truth gap cannot hide.
+    plan, why = promotion_plan(flash_call_model, *_serving_kind(context.instance))
+    res = flash_call_model["candidates"]
+    meta = {"reasons": flash_call_model["reasons"] or "all gates passed", "decision": why,
+            "judged_against": "weak labels", "chosen": flash_call_model["chosen"] or "none"}
+    for name, r in res.items():
+        for k in ("pr_auc", "recall_at_p99", "precision_at_fpr_0_1pct"):
+            if r["metrics"]:
+                meta[f"{name}/{k}"] = _round(r["metrics"][k])
+            if r["metrics_vs_ground_truth"]:
+                meta[f"truth/{name}/{k}"] = _round(r["metrics_vs_ground_truth"][k])
+    passed = flash_call_model["chosen"] is not None
+    return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.WARN, description=why, metadata=meta)
 
 
 OUTCOME_TOKENS = ("answer", "end_time", "duration", "ring", "release", "disposition", "sip", "q850", "egress", "label", "flash", "truth")
@@ -383,16 +429,23 @@ def leakage_problems(feature_names: list[str]) -> list[str]:
 def leakage_guard(flash_call_model: dict) -> AssetCheckResult:
     problems = leakage_problems(flash_call_model["feature_names"])
     return AssetCheckResult(passed=not problems, metadata={"problems": MetadataValue.json(problems),
+                                                           "reasons": "; ".join(problems) or "no leak found",
                                                            "inputs": len(flash_call_model["feature_names"])})
 
 
 # ---------------------------------------------------------------- promotion and scoring
 
-@asset(group_name=GROUP, pool=WAREHOUSE_POOL,
-       description="The promoted bundle ($VOICEFW_HOME/models/<version>/); materializes only when the blocking gates pass.")
-def serving_model(context: AssetExecutionContext, flash_call_model: dict, warehouse: Warehouse, model_store: ModelStore) -> MaterializeResult:
-    mc = load_model_config()
-    thresholds = {"flag": mc.decision.flag, "block": mc.decision.block}
+@asset(group_name=GROUP, pool=WAREHOUSE_POOL, output_required=False,
+       description="The served bundle ($VOICEFW_HOME/models/<version>/): the chosen ML candidate; while no ML candidate "
+                   "has ever passed, the velocity rules (kind rules); after a rejected candidate, nothing new (the "
+                   "served model stays, the reasons are on quality_gate).")
+def serving_model(context: AssetExecutionContext, flash_call_model: dict, warehouse: Warehouse, model_store: ModelStore):
+    served_kind, served_version = _serving_kind(context.instance)
+    name, why = promotion_plan(flash_call_model, served_kind, served_version)
+    if name is None:
+        context.log.warning(why)
+        return
+    cand = flash_call_model["candidates"][name]
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         with warehouse.connect() as con:
@@ -406,15 +459,18 @@ def serving_model(context: AssetExecutionContext, flash_call_model: dict, wareho
             n_state = con.execute(f"SELECT count(*) FROM read_csv('{state / STATE_FILE}')").fetchone()[0]
         assert list(STATE_COLUMNS) == (state / STATE_FILE).read_text().split("\n", 1)[0].split(",")
         (state / STATE_META).write_text(json.dumps({"timezones": _timezones(), "history_until": str(last_day)}, sort_keys=True))
+        metrics = {"promoted": name, **{n: r["metrics"] for n, r in flash_call_model["candidates"].items()},
+                   "vs_ground_truth": {n: r["metrics_vs_ground_truth"] for n, r in flash_call_model["candidates"].items()}}
         version, path = model_store.write(
-            model_text=flash_call_model["model_text"], feature_names=flash_call_model["feature_names"],
-            thresholds=thresholds, metrics=flash_call_model["metrics"], golden_rows=flash_call_model["golden_rows"],
-            trained_on=flash_call_model["trained_on"], state_files={STATE_FILE: state / STATE_FILE, STATE_META: state / STATE_META})
+            kind=cand["kind"], model_text=cand["model_text"], feature_names=flash_call_model["feature_names"],
+            thresholds=cand["thresholds"], metrics=metrics, golden_rows=cand["golden_rows"],
+            trained_on=flash_call_model["trained_on"], meta={"candidate": name, "why": why},
+            state_files={STATE_FILE: state / STATE_FILE, STATE_META: state / STATE_META})
     load_bundle(path)  # verify + golden rows before announcing it
-    return MaterializeResult(metadata={
-        "bundle_path": str(path), "version": version, "thresholds": MetadataValue.json(thresholds),
-        "state_calls": int(n_state), "history_until": str(last_day),
-        "pr_auc": flash_call_model["metrics"]["lightgbm"]["pr_auc"],
+    yield MaterializeResult(metadata={
+        "bundle_path": str(path), "version": version, "kind": cand["kind"], "candidate": name, "why": why,
+        "thresholds": MetadataValue.json(_round(cand["thresholds"])), "state_calls": int(n_state),
+        "history_until": str(last_day), "pr_auc": _round((cand["metrics"] or {}).get("pr_auc", float("nan"))),
         "trained_on": MetadataValue.json(flash_call_model["trained_on"]),
     })
 
@@ -428,7 +484,7 @@ def promoted_bundle(context: AssetExecutionContext) -> Bundle:
 
 
 @asset(group_name=GROUP, partitions_def=daily_partitions, deps=[call_features, serving_model], pool=WAREHOUSE_POOL,
-       description="Every call of the day scored by the promoted model, with its allow/flag/block decision.")
+       description="Every call of the day scored by the served model (any kind), with its allow/flag/block decision.")
 def scored_calls(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     day = context.partition_key
     bundle = promoted_bundle(context)
@@ -447,11 +503,20 @@ def scored_calls(context: AssetExecutionContext, warehouse: Warehouse) -> Materi
         n = _replace_partition(con, "scored_calls", day, select, context.log)
         con.unregister("_scores")
         dec = con.execute(f"SELECT decision, count(*) AS calls FROM scored_calls WHERE partition_date = DATE '{day}' GROUP BY 1 ORDER BY 1").df()
-    return MaterializeResult(metadata={"rows": n, "model_version": bundle.version, "decisions": MetadataValue.md(_md(dec))})
+    return MaterializeResult(metadata={"rows": n, "model_version": bundle.version, "model_kind": bundle.kind,
+                                       "decisions": MetadataValue.md(_md(dec))})
+
+
+def _trunk_list(col: str, shown: int = 2) -> str:
+    """A range's trunks for the report: the first few and how many more (a long list would push the
+    markdown table wider than the UI shows)."""
+    return (f"CASE WHEN len({col}) <= {shown} THEN array_to_string({col}, ', ') ELSE "
+            f"array_to_string({col}[1:{shown}], ', ') || ' +' || (len({col}) - {shown}) END")
 
 
 @asset(group_name=GROUP, partitions_def=daily_partitions, deps=[scored_calls], pool=WAREHOUSE_POOL,
-       description="Per A-range report for the fraud team: calls, distinct B-numbers, flagged share, where seen; ranked.")
+       description="Per A-range report for the fraud team: calls, distinct numbers, flagged calls, where seen; ranked, with "
+                   "a chart of the top ranges' flagged calls over the day.")
 def suspicious_ranges(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     day = context.partition_key
     select = f"""SELECT partition_date, a_range, count(*) AS calls, count(DISTINCT b_number) AS distinct_b_numbers,
@@ -468,10 +533,21 @@ def suspicious_ranges(context: AssetExecutionContext, warehouse: Warehouse) -> M
     with warehouse.connect() as con:
         n = _replace_partition(con, "suspicious_ranges", day, select, context.log)
         top = con.execute(f"""SELECT row_number() OVER (ORDER BY flagged_calls DESC, flagged_share DESC, a_range) AS rank,
-            a_range, calls, distinct_b_numbers, distinct_a_numbers, flagged_calls, flagged_share, max_score,
-            strftime(first_seen, '%H:%M:%S') AS first_seen, strftime(last_seen, '%H:%M:%S') AS last_seen, operators, trunks
+            a_range, calls, flagged_calls AS flagged, flagged_share AS share, distinct_a_numbers AS a_nums,
+            distinct_b_numbers AS b_nums, round(max_score, 3) AS max_score,
+            strftime(first_seen, '%H:%M') || '-' || strftime(last_seen, '%H:%M') AS seen, operators,
+            {_trunk_list("string_split(trunks, ',')")} AS trunks
             FROM suspicious_ranges WHERE partition_date = DATE '{day}' ORDER BY rank LIMIT 25""").df()
-    return MaterializeResult(metadata={"ranges": n, "report": MetadataValue.md(_md(top, 25))})
+        over_day = con.execute(f"""SELECT time_bucket(INTERVAL 15 MINUTE, start_time) AS bucket, a_range,
+              count(*) FILTER (WHERE decision <> 'allow') AS flagged
+            FROM scored_calls WHERE partition_date = DATE '{day}'
+              AND a_range IN (SELECT a_range FROM suspicious_ranges WHERE partition_date = DATE '{day}'
+                              ORDER BY flagged_calls DESC, a_range LIMIT 8)
+            GROUP BY ALL ORDER BY a_range, bucket""").df()
+    meta = {"ranges": n, "report": MetadataValue.md(_md(top, 25))}
+    if len(over_day):
+        meta["flagged_over_day"] = MetadataValue.md(charts.flagged_over_day(over_day, f"{day}: flagged calls of the top ranges"))
+    return MaterializeResult(metadata=meta)
 
 
 assets = [call_features, call_labels, training_set, flash_call_model, serving_model, scored_calls, suspicious_ranges]
