@@ -47,6 +47,7 @@ from redis.retry import Retry
 from serving.history_store import End, RateLimited, RateToken, Start, StoreUnavailable
 from serving.schemas import StoreInfo
 from voicefw_assets.features import (
+    DERIVED_FEATURES,
     DISTINCT_COLUMN,
     FEATURE_NAMES,
     HISTORY_FEATURES,
@@ -54,9 +55,11 @@ from voicefw_assets.features import (
     NO_ENDED,
     SETUP_FEATURES,
     SINCE_PREV_CAP_S,
+    derive,
     is_short_unanswered,
+    key_values,
 )
-from voicefw_assets.online_features import STATE_FILE, STATE_META, OnlineHistory, _key_values, to_us
+from voicefw_assets.online_features import STATE_FILE, STATE_META, OnlineHistory, to_us
 
 log = logging.getLogger("voicefw.serving")
 _US = 1_000_000
@@ -364,8 +367,8 @@ class RedisHistoryStore:
     kind = "redis"
 
     def __init__(self, url: str, timeout_s: float = 0.5, prefix: str | None = None) -> None:
-        if FEATURE_NAMES != SETUP_FEATURES + tuple(f.name for f in HISTORY_FEATURES):
-            raise ValueError("the Redis store lays rows out as SETUP_FEATURES + HISTORY_FEATURES; FEATURE_NAMES differs")
+        if FEATURE_NAMES != SETUP_FEATURES + tuple(f.name for f in HISTORY_FEATURES) + tuple(d.name for d in DERIVED_FEATURES):
+            raise ValueError("the Redis store lays rows out as SETUP_FEATURES + HISTORY_FEATURES + DERIVED_FEATURES; FEATURE_NAMES differs")
         self.url = url
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                            retry=Retry(NoBackoff(), 0), health_check_interval=0)
@@ -430,10 +433,15 @@ class RedisHistoryStore:
         for operator, call_id, start, a, b, trunk in calls:
             t = to_us(start)
             payload += [t, _uid(operator, call_id, t), f"{operator}\0{call_id}", a or "", b or "",
-                        *(kv or "" for kv in _key_values(a, b, trunk))]
+                        *(kv or "" for kv in key_values(a, b, trunk))]
         vals = self._run("score", payload, rate, bulk=len(calls) > 1)
         setup = self._setup.setup_row
-        return [setup(c[0], c[2], c[3], c[4]) + _decode(vals[i * NSLOTS:(i + 1) * NSLOTS]) for i, c in enumerate(calls)]
+        rows = []
+        for i, c in enumerate(calls):
+            row = setup(c[0], c[2], c[3], c[4]) + _decode(vals[i * NSLOTS:(i + 1) * NSLOTS])
+            row += derive(row)  # the derived features, from the same expression tree as the batch SQL
+            rows.append(row)
+        return rows
 
     def observe_end(self, end: End, rate: RateToken | None) -> bool:
         operator, call_id, end_time, answered, ring_s = end
@@ -529,7 +537,7 @@ class RedisHistoryStore:
             for r in rows[i:i + SEED_CHUNK]:
                 t, a, b, trunk = int(r["start_us"]), r["a_number"] or None, r["b_number"] or None, r["ingress_trunk"] or None
                 payload += [t, _uid(r["operator"], r["call_id"], t), f"{r['operator']}\0{r['call_id']}", a or "", b or "",
-                            *(kv or "" for kv in _key_values(a, b, trunk))]
+                            *(kv or "" for kv in key_values(a, b, trunk))]
             self._run("record", payload, None, need_seeded=False, bulk=True)
             self.client.pexpire(lock, LOCK_MS)
         ended = sorted((r for r in rows if r["end_us"]), key=lambda r: int(r["end_us"]))

@@ -1,6 +1,6 @@
 """Kamailio acc tables as db_text and db_flatstore write them, hand-made from the modules' docs
-(README.db_text "Internal format of a dbtext table", README.db_flatstore), mapped by configs in the
-config language alone: declaration header, ':' with backslash escapes, no quoting, no file
+(README.db_text "Internal format of a dbtext table", README.db_flatstore), mapped by the shipped configs
+(operator_configs/kamailio_*.yaml), written in the config language alone: declaration header, ':' with backslash escapes, no quoting, no file
 extension, newest row first, epoch times with microseconds, '%7C' for '|'."""
 
 from __future__ import annotations
@@ -14,36 +14,8 @@ from resources.landing import LandingZone
 from voicefw_assets.ingest import landed_days, map_partitions, partition_checks, sync_landing
 from voicefw_assets.operators import load_operator_config
 
-# the acc_cdrs extras of both formats map the same way (the switch helper's kamailio.cfg logs them)
-ACC_CDRS_FIELDS = r"""
-timezone: UTC
-numbers: {country_code: "44", national_prefix: "0", international_prefix: "00"}
-fields:
-  call_id: callid
-  start_time: {column: setup_tv, time: epoch}
-  answer_time: {column: answer_tv, time: epoch}
-  end_time: {column: end_tv, time: epoch}
-  a_number: src_user
-  b_number: dst_user
-  sip_code: sip_code
-  release_side: {column: release_side, map: {caller: caller, callee: callee, network: network}, default: unknown}
-  disposition:
-    column: sip_code
-    map: {"200": answered, "486": busy, "600": busy, "603": busy, "487": cancelled, "408": no_answer, "480": no_answer}
-    default: failed
-  ingress_trunk: src_ip
-"""
-
-DBTEXT_YAML = r"""
-description: Kamailio acc_cdrs through db_text (test config)
-file_patterns: ["acc_cdrs", "acc_cdrs.*"]
-csv:
-  header: true
-  header_style: declarations
-  delimiter: ":"
-  quote: ""
-  escape: "\\"
-""" + ACC_CDRS_FIELDS
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DBTEXT_YAML = (REPO_ROOT / "operator_configs" / "kamailio_dbtext.yaml").read_text()  # the shipped config
 
 # newest first; `\:` and `\\` inside values; '::' is NULL; a `\t` in a reason; stock types str/string/int/double
 DBTEXT = (
@@ -107,16 +79,7 @@ def test_kamailio_db_text_acc_cdrs(home):
     assert day == date(2026, 12, 1) and reports[day].lines == 4 == reports[day].mapped + reports[day].rejected
 
 
-FLATSTORE_YAML = r"""
-description: Kamailio acc_cdrs through db_flatstore (test config)
-file_patterns: ["acc_cdrs_*.log", "acc_cdrs_*.log.*"]
-csv:
-  header: false
-  delimiter: "|"
-  quote: ""
-  decode: {"%7C": "|"}
-  columns: [start_time, end_time, duration, callid, src_user, dst_user, src_ip, setup_tv, answer_tv, end_tv, sip_code, sip_reason, release_side]
-""" + ACC_CDRS_FIELDS + "  egress_trunk: sip_reason   # only so the test sees a decoded value\n"
+FLATSTORE_YAML = (REPO_ROOT / "operator_configs" / "kamailio_flatstore.yaml").read_text() + "  egress_trunk: sip_reason   # only so the test sees a decoded value\n"
 
 FLATSTORE = (
     "1796093694|1796093694|0.000000|vfw:3\\20537@127.0.0.2|+447700900005|+441632960005|127.0.0.2|1796093694.145526||1796093695.207739|603|Decline: not\\now%7Clater|callee\n"

@@ -56,3 +56,13 @@ def test_flatstore_cdrs_map_call_for_call(switch_run, home):
     rows, rejected, raw = map_landed(home, "kamailio_flatstore", files)
     assert rejected == [] and raw == len(exp) == sum(len(f.read_text().splitlines()) for f in files)
     assert_mapped_as_logged(rows, exp)
+
+
+def test_dbtext_cdrs_map_call_for_call(switch_run, home):
+    """The same run's db_text table (declaration header, ':' with escapes, newest first), mapped by
+    the shipped operator_configs/kamailio_dbtext.yaml."""
+    run, exp = switch_run
+    table = run.table("acc_cdrs")
+    rows, rejected, raw = map_landed(home, "kamailio_dbtext", [table])
+    assert rejected == [] and raw == len(exp) == len(table.read_text().splitlines()) - 1  # the declaration line
+    assert_mapped_as_logged(rows, exp)
