@@ -170,6 +170,7 @@ def test_fresh_install_serves_the_velocity_rules(chain, tmp_path, monkeypatch):
     cfg.write_text("gates: {min_recall_at_p99: 1.01}\n")
     monkeypatch.setenv("VOICEFW_MODEL_CONFIG", str(cfg))
     with instance_for_test() as fresh:
+        add_days(fresh, DAYS)  # a fresh instance knows no day until data for it landed
         result = _promote(fresh)
         assert result.success
         gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "quality_gate")

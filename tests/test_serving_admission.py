@@ -32,7 +32,7 @@ def _count(client: httpx.Client, a_number: str, at: str) -> float:
     r = client.post("/v1/score", params={"include_features": "true"},
                     json=dict(CALL, call_id=f"probe-{at}", a_number=a_number, start_time=at))
     assert r.status_code == 200, r.text
-    return r.json()["features"]["a_number__count_1h"]
+    return r.json()["features"]["a_number__count_24h"]
 
 
 @pytest.mark.parametrize("path", ["/v1/score", "/v1/score/batch"])

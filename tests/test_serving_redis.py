@@ -176,7 +176,7 @@ def test_two_workers_replay_exactly_survive_a_restart_and_share_the_rate_limit(w
     worst = max(abs(got[c]["features"][n] - float(expected.at[c, n])) for c in expected.index for n in FEATURE_NAMES)
     assert worst <= 1e-9
     assert max(abs(got[c]["probability"] - want[c]) for c in want) <= 1e-9
-    assert expected["a_range__count_1h"].max() >= 2 and expected["b_number__su_share_24h"].max() > 0
+    assert expected["a_range__count_10m"].max() >= 2 and expected["b_number__su_share_24h"].max() > 0
     store = redis.Redis.from_url(redis_server.url)
     assert [int(v) for k in store.keys("voicefw:*:seed_count") for v in [store.get(k)]] == [1]  # 4 processes, 1 seed
 

@@ -60,7 +60,7 @@ def test_redis_store_equals_memory_store_and_batch(calls, redis_server, tmp_path
         expected = batch_features(calls, DAY2).set_index("call_id")
         assert max(abs(got[c][i] - float(expected.at[c, n])) for c in expected.index
                    for i, n in enumerate(FEATURE_NAMES)) == 0.0
-        assert expected["a_range__distinct_a_1h"].max() >= 2  # distinct counts were exercised
+        assert expected["a_range__distinct_a_10m"].max() >= 2  # distinct counts were exercised
     # an end nobody started, and an end reported twice, are not observed (and change nothing)
     assert shared.observe_end(("operator_a", "never-scored", datetime(2026, 3, 3, 12, tzinfo=UTC), False, 1.0), None) is False
     twice = next(body for body, observed in ended if observed)
@@ -76,7 +76,7 @@ def test_retry_counts_once_batch_order_and_rate_limit(calls, redis_server, tmp_p
     a, b = "+447700900123", "+447700900999"
     first = [("operator_a", f"r{i}", t + timedelta(seconds=i), a, b, "t1") for i in range(3)]
     rows = store.score_starts(first, None)
-    col = FEATURE_NAMES.index("a_number__count_1h")
+    col = FEATURE_NAMES.index("a_number__count_24h")
     assert [r[col] for r in rows] == [0, 1, 2]  # a batch in order: each call sees the earlier ones
     again = store.score_starts(first, None)  # the client retries after a timeout: same members
     assert [r[col] for r in again] == [0, 1, 2]
@@ -94,7 +94,7 @@ def test_retry_counts_once_batch_order_and_rate_limit(calls, redis_server, tmp_p
 
 
 def test_memory_is_bounded_by_each_keys_own_window(redis_server, tmp_path) -> None:  # noqa: F811
-    """A busy trunk (largest window 1 h) keeps about an hour; an A-number that stops calling is swept
+    """A busy trunk keeps about its largest window of starts; an A-number that stops calling is swept
     once its own horizon passes; calls never ended are forgotten after the largest window."""
     state = tmp_path / "state"
     state.mkdir()
@@ -104,33 +104,39 @@ def test_memory_is_bounded_by_each_keys_own_window(redis_server, tmp_path) -> No
     store = RedisHistoryStore(redis_server.url)
     store.prepare(state, "empty")
     client, prefix = store.client, store.prefix
-    trunk_window = max(f.window_s for f in HISTORY_FEATURES if f.key == "ingress_trunk")
+    horizon = {p["tag"]: p["horizon"] for p in PLAN if p}
+    for k in KEYS:  # each key keeps its own largest window (+ 60 s for late calls), nothing more
+        largest = max(f.window_s for f in HISTORY_FEATURES if f.key == k)
+        assert horizon[str(KEYS.index(k))] == (largest + 60) * 1_000_000, k
     t0 = datetime(2026, 3, 3, tzinfo=UTC)
+    lonely = prefix.encode() + str(KEYS.index("a_number")).encode() + b"\0+441234567890\0s"
+    lonely_window = max(f.window_s for f in HISTORY_FEATURES if f.key == "a_number")
     store.score_starts([("operator_a", "lonely", t0, "+441234567890", "+447700900001", None)], None)
-    step = timedelta(seconds=20)
-    n = int(3 * trunk_window / step.total_seconds())  # three trunk windows of traffic
-    for i in range(0, n, 200):
-        store.score_starts([("operator_a", f"c{j}", t0 + (j + 1) * step, f"+4420794{j % 50:05d}", "+447700900002", "busy")
-                            for j in range(i, min(n, i + 200))], None)
+    store.score_starts([("operator_a", "before", t0 + timedelta(seconds=lonely_window - 600), None, "+447700900002", "t9")], None)
+    assert client.exists(lonely)  # its horizon has not passed yet
+    store.score_starts([("operator_a", "after", t0 + timedelta(seconds=lonely_window + 180), None, "+447700900002", "t9")], None)
+    assert not client.exists(lonely)  # swept: nobody needs it any more
+    trunk_window = max(f.window_s for f in HISTORY_FEATURES if f.key == "ingress_trunk")
+    t1 = t0 + timedelta(days=2)
+    step = timedelta(seconds=60)
+    n = int(2.5 * trunk_window / step.total_seconds())  # two and a half trunk windows of traffic
+    for i in range(0, n, 400):
+        store.score_starts([("operator_a", f"c{j}", t1 + (j + 1) * step, f"+4420794{j % 50:05d}", "+447700900002", "busy")
+                            for j in range(i, min(n, i + 400))], None)
     trunk_key = prefix.encode() + str(KEYS.index("ingress_trunk")).encode() + b"\0busy\0s"
     kept = client.zcard(trunk_key)
     per_window = trunk_window / step.total_seconds()
     assert per_window <= kept <= per_window + 120 / step.total_seconds() + 1, kept  # + late slack + trim batch
-    lonely = prefix.encode() + str(KEYS.index("a_number")).encode() + b"\0+441234567890\0s"
-    assert client.exists(lonely)  # its 24 h horizon has not passed yet
-    store.score_starts([("operator_a", "late", t0 + timedelta(days=1, minutes=3), None, "+447700900002", "busy")], None)
-    assert not client.exists(lonely)  # swept: nobody needs it any more
     assert client.hlen(prefix + "open") < n  # calls never ended older than the largest window: forgotten
     # a range calling every 10 minutes for 26 h keeps 24 h (+60 s) of starts, in its per-number indexes too
     a_range_tag = str(KEYS.index("a_range")).encode()
+    t2 = t1 + (n + 1) * step
     for i in range(26 * 6):
-        store.score_starts([("operator_a", f"r{i}", t0 + timedelta(days=1, minutes=3 + 10 * i), f"+44207999{i % 7:04d}",
+        store.score_starts([("operator_a", f"r{i}", t2 + timedelta(minutes=3 + 10 * i), f"+44207999{i % 7:04d}",
                              f"+4477009{i % 5:05d}", None)], None)
     base = prefix.encode() + a_range_tag + b"\0+44207999\0"
     kept = [client.zcard(base + suffix) for suffix in (b"s", b"xa", b"xb")]
     assert kept == [24 * 6 + 1] * 3, kept
-    horizons = {p["tag"]: p["horizon"] for p in PLAN if p}
-    assert horizons[str(KEYS.index("ingress_trunk"))] < horizons[str(KEYS.index("a_number"))]
 
 
 def test_two_processes_racing_seed_once(calls, redis_server, tmp_path) -> None:  # noqa: F811

@@ -104,7 +104,7 @@ CREATE TABLE IF NOT EXISTS voicefw_schema (component VARCHAR PRIMARY KEY, versio
 
 
 class MappedCdrContract(pa.DataFrameModel):
-    """What every row of mapped_cdrs promises (DESIGN.md section 3)."""
+    """What every row of mapped_cdrs promises: the canonical schema (the DDL above), as a pandera contract."""
 
     operator: str = pa.Field(nullable=False)
     call_id: str = pa.Field(nullable=False)

@@ -2,7 +2,7 @@
 
 `voicefw export-ranges --date D --format {csv,kamailio,opensips}` reads `suspicious_ranges` from
 the warehouse and writes block rules, one per A-range (the A-number without its last
-`features.A_PREFIX_KEYS["a_range"]` digits, so a rule matches that prefix followed by exactly that
+`features.KEY_BY_NAME["a_range"].drop_last` digits, so a rule matches that prefix followed by exactly that
 many digits), plus allow rules from an allow-list of prefixes never to block (bank OTP senders,
 emergency numbers). A range inside an allow-listed prefix is not exported at all; an allow-listed
 prefix inside a blocked range is exported as an allow rule that takes precedence.
@@ -100,9 +100,9 @@ class Plan:
 
 def plan_rules(ranges: list[dict], allow: tuple[AllowEntry, ...]) -> Plan:
     """Block rules for the ranges not covered by the allow-list, then every allow rule."""
-    from voicefw_assets.features import A_PREFIX_KEYS  # the one definition of an A-range
+    from voicefw_assets.features import KEY_BY_NAME  # the one definition of an A-range
 
-    digits = A_PREFIX_KEYS["a_range"]
+    digits = KEY_BY_NAME["a_range"].drop_last
     rules, skipped = [], []
     for row in ranges:
         a_range = row["a_range"]
