@@ -176,7 +176,8 @@ def main() -> None:
         home = root / sc.name.replace(" ", "_").replace("/", "_")
         dh = home / "dagster_home"
         dh.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "VOICEFW_HOME": str(home), "DAGSTER_HOME": str(dh)}
+        # simulated drops are published complete: no need to wait VOICEFW_SETTLE_S for them (as in make run)
+        env = {**os.environ, "VOICEFW_HOME": str(home), "DAGSTER_HOME": str(dh), "VOICEFW_SETTLE_S": "0"}
         log = home / "run.log"
         t0 = time.perf_counter()
         knobs = [x for k, v in sc.knobs.items() for x in (f"--{k}", str(v))]

@@ -63,13 +63,21 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     instance = DagsterInstance.get()
     sweep_dead_runs(instance)
     look = landed(LandingZone(), Warehouse())
+    if look.young:  # a drop that just finished (or `voicefw simulate` a moment ago): wait once, then look again
+        settle = LandingZone().settle_seconds
+        print(f"waiting {settle:.0f} s for {sum(look.young.values())} file(s) modified less than VOICEFW_SETTLE_S={settle:.0f} s ago",
+              flush=True)
+        time.sleep(settle + 0.5)
+        again = landed(LandingZone(), Warehouse())
+        again.quarantined = {**look.quarantined, **again.quarantined}
+        look = again
     for path, reason in look.quarantined.items():
         print(f"quarantined {path}: {reason}")
     for operator, n in look.waiting.items():
         print(f"{n} file(s) in landing/{operator}/ wait: operator_configs/{operator}.yaml is newer than this process (run again)")
     for operator, n in look.young.items():
-        print(f"{n} file(s) in landing/{operator}/ modified less than VOICEFW_SETTLE_S={LandingZone().settle_seconds:.0f} s ago "
-              "wait, with the files that arrived after them (run again when the upload is done)")
+        print(f"{n} file(s) in landing/{operator}/ are still being written and wait, with the files that arrived "
+              "after them (run again when the upload is done)")
     cells = set(look.partitions) | look.ingested
     if not cells:
         print(f"nothing landed under {paths().landing} (run `voicefw simulate` or drop CDR files there)")
