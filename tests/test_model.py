@@ -52,7 +52,8 @@ def _promote(instance):
 def chain(tmp_path_factory):
     """One full run shared by the tests below (5 days of fixture CDRs, promoted bundle, day-5 scores)."""
     mp = pytest.MonkeyPatch()
-    home = tmp_path_factory.mktemp("vf")
+    home = tmp_path_factory.mktemp("vf") / "o'brien \"x\" home"  # paths reach SQL as literals (ground truth, state)
+    home.mkdir()
     mp.setenv("VOICEFW_HOME", str(home))
     make_mapped_cdrs(paths().warehouse, DAYS, n_normal=1500, seed=11, truth_root=paths().ground_truth)
     con = duckdb.connect(str(paths().warehouse))  # a new operator whose first day is an evaluation day

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from dagster import (
+    Failure,
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
@@ -36,6 +37,8 @@ from resources.warehouse import WAREHOUSE_POOL, Warehouse
 from voicefw_assets import candidates as C
 from voicefw_assets import charts
 from voicefw_assets.batch_features import HISTORY_DUCKDB_MEMORY, call_features_select
+from voicefw_assets.bundle_verify import verify_in_child
+from voicefw_assets.ingest.sql import lit
 from voicefw_assets import features as F
 from voicefw_assets.labels import call_labels_sql, label_quality_sql
 from voicefw_assets.model_bundle import Bundle, load_bundle, score_matrix
@@ -122,7 +125,7 @@ def _truth_files(days) -> list[Path]:
 
 
 def _read_truth_sql(files: list[Path]) -> str:
-    return f"read_csv([{', '.join(repr(str(p)) for p in files)}], header=true, all_varchar=true)"
+    return f"read_csv([{', '.join(lit(str(p)) for p in files)}], header=true, all_varchar=true)"
 
 
 @asset(group_name=GROUP, partitions_def=daily_partitions, deps=[MAPPED_BY_DAY], pool=WAREHOUSE_POOL,
@@ -455,8 +458,8 @@ def serving_model(context: AssetExecutionContext, flash_call_model: dict, wareho
                 SELECT operator, call_id, epoch_us(start_time) AS start_us, epoch_us(end_time) AS end_us, a_number,
                   b_number, ingress_trunk, coalesce(answered, false) AS answered, ring_s
                 FROM mapped_cdrs WHERE start_time >= {cut} - INTERVAL {F.MAX_WINDOW_S} SECOND AND start_time < {cut}
-                ORDER BY start_us, operator, call_id) TO '{state / STATE_FILE}' (HEADER, DELIMITER ',')""")
-            n_state = con.execute(f"SELECT count(*) FROM read_csv('{state / STATE_FILE}')").fetchone()[0]
+                ORDER BY start_us, operator, call_id) TO {lit(str(state / STATE_FILE))} (HEADER, DELIMITER ',')""")
+            n_state = con.execute(f"SELECT count(*) FROM read_csv({lit(str(state / STATE_FILE))})").fetchone()[0]
         assert list(STATE_COLUMNS) == (state / STATE_FILE).read_text().split("\n", 1)[0].split(",")
         (state / STATE_META).write_text(json.dumps({"timezones": _timezones(), "history_until": str(last_day)}, sort_keys=True))
         metrics = {"promoted": name, **{n: r["metrics"] for n, r in flash_call_model["candidates"].items()},
@@ -466,7 +469,9 @@ def serving_model(context: AssetExecutionContext, flash_call_model: dict, wareho
             thresholds=cand["thresholds"], metrics=metrics, golden_rows=cand["golden_rows"],
             trained_on=flash_call_model["trained_on"], meta={"candidate": name, "why": why},
             state_files={STATE_FILE: state / STATE_FILE, STATE_META: state / STATE_META})
-    load_bundle(path)  # verify + golden rows before announcing it
+    verdict = verify_in_child(path)  # checksums, golden rows, in a child: a LightGBM abort is a refusal, not a dead run
+    if not verdict.ok:
+        raise Failure(f"the new bundle {path.name} was refused, nothing promoted: {verdict.reason}")
     yield MaterializeResult(metadata={
         "bundle_path": str(path), "version": version, "kind": cand["kind"], "candidate": name, "why": why,
         "thresholds": MetadataValue.json(_round(cand["thresholds"])), "state_calls": int(n_state),
