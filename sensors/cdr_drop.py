@@ -9,7 +9,7 @@ ticks instead of timing out one (ticks time out after 60 s).
   starts no run. Checking that needs a glance at the warehouse; while a run writes it, the tick
   waits for the next one (the cursor stays put).
 - For every other new or changed file it reads the UTC days its calls start on
-  (the same read registration does, in memory), adds new days to the `cdr_days` partitions and
+  (the same read registration does, in memory), adds new operators and days to the partitions and
   requests ingest runs: one per operator x day rectangle (partitions.rectangles), so a tick's
   files are ingested in as few runs as possible (the ingest assets take partition ranges).
 - run_key = the rectangle + a hash of the fingerprints (path:size:mtime) of the files in it: an
@@ -60,7 +60,7 @@ from voicefw_assets.assets.feeds import feed_check_job, feed_freshness_checks, f
 from voicefw_assets.ingest import FileDecision, decide_listed, peek_file
 from voicefw_assets.ingest.registry import unknown_operator_reason, unmatched_reason
 from voicefw_assets.operators import operator_configs
-from voicefw_assets.partitions import cdr_days, operator_day, operator_partitions, range_tags, rectangles
+from voicefw_assets.partitions import LOADED_OPERATORS, cdr_days, cdr_operators, operator_day, range_tags, rectangles
 from voicefw_assets.settings import operator_config_dir
 
 @dataclass
@@ -147,11 +147,10 @@ def new_files(landing: LandingZone, cursor: Cursor) -> tuple[list[tuple[LandedFi
     """Files newer than the cursor, oldest first, each with a quarantine reason known before any
     peek (unknown folder, unclaimed name); and a plan holding what the listing alone tells."""
     configs = operator_configs()
-    loaded = set(operator_partitions.get_partition_keys())  # operators this code location can run
     new: list[tuple[LandedFile, str | None]] = []
     plan = TickPlan(cursor=cursor.copy())
     for operator in landing.operators_present():
-        config = configs.get(operator) if operator in loaded else None
+        config = configs.get(operator) if operator in LOADED_OPERATORS else None
         if config is None:
             fresh = [f for f in landing.list_files(operator) if cursor.is_new(f)]
             if (operator_config_dir() / f"{operator}.yaml").exists():
@@ -239,16 +238,18 @@ def plan_tick(
     return plan
 
 
-def ingest_requests(plan: TickPlan, known_days: list[str]) -> list[RunRequest]:
-    """One run request per operator x day rectangle of the partitions to ingest."""
+def ingest_requests(plan: TickPlan, operator_order: list[str], day_order: list[str]) -> list[RunRequest]:
+    """One run request per operator x day rectangle of the partitions to ingest. The orders are the
+    partition keys' once this tick's new operators and days are added (sorted, after the known ones)."""
     cells = {(op, str(d)) for op, d in plan.partitions}
-    day_order = known_days + sorted({d for _, d in cells} - set(known_days))
+    operator_order = operator_order + sorted({op for op, _ in cells} - set(operator_order))
+    day_order = day_order + sorted({d for _, d in cells} - set(day_order))
     requests = []
-    for ops, days in rectangles(cells, operator_partitions.get_partition_keys(), day_order):
-        files = sorted({f.fingerprint for op in ops for d in days for f in plan.partitions[(op, date.fromisoformat(d))]})
+    for ops, days in rectangles(cells, operator_order, day_order):
+        files = sorted({f.fingerprint for op in ops for d in days for f in plan.partitions.get((op, date.fromisoformat(d)), [])})
         digest = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
         span = f"{'+'.join(ops)}|{days[0]}..{days[-1]}"
-        first = min((f for op in ops for d in days for f in plan.partitions[(op, date.fromisoformat(d))]), key=lambda f: f.path)
+        first = min((f for op in ops for d in days for f in plan.partitions.get((op, date.fromisoformat(d)), [])), key=lambda f: f.path)
         tags = {"voicefw/files": str(len(files)), "voicefw/first_file": first.path.name[:200]}
         if len(ops) == len(days) == 1:
             requests.append(RunRequest(job_name=ingest_job.name, run_key=f"{span}|{digest}", partition_key=operator_day(ops[0], days[0]), tags=tags))
@@ -315,9 +316,10 @@ def build_cdr_drop_sensor(
             except WarehouseBusy:
                 return SensorResult(skip_reason=SkipReason(f"{len(claimed)} new file(s) wait: a run is writing the warehouse"))
         plan = plan_tick(landing, plan, new, ingested, max_runs, max_peeks, budget)
-        known_days = list(context.instance.get_dynamic_partitions(cdr_days.name))
-        requests = ingest_requests(plan, known_days)
-        new_days = sorted({str(d) for _, d in plan.partitions} - set(known_days))
+        known = {p: list(context.instance.get_dynamic_partitions(p.name)) for p in (cdr_operators, cdr_days)}
+        requests = ingest_requests(plan, known[cdr_operators], known[cdr_days])
+        seen = {cdr_operators: {op for op, _ in plan.partitions}, cdr_days: {str(d) for _, d in plan.partitions}}
+        adds = [p.build_add_request(sorted(keys - set(known[p]))) for p, keys in seen.items() if keys - set(known[p])]
         now_ns = time.time_ns()
         observations = feed_events(plan, now_ns)
         check_keys = resumed_feeds(before, plan, now_ns)
@@ -340,7 +342,7 @@ def build_cdr_drop_sensor(
         for path, reason in plan.quarantined.items():
             context.log.warning(f"quarantined {path}: {reason}")
         extra = {
-            "dynamic_partitions_requests": [cdr_days.build_add_request(new_days)] if new_days else [],
+            "dynamic_partitions_requests": adds,
             "asset_events": observations,
             "cursor": plan.cursor.dump(),
         }

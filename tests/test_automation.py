@@ -6,7 +6,7 @@ from resources import default_resources
 from voicefw_assets.assets import modeling
 from voicefw_assets.assets.ingest import ingest_assets
 from voicefw_assets.definitions import defs
-from voicefw_assets.partitions import add_days, operator_day
+from voicefw_assets.partitions import add_data_partitions, operator_day
 
 from tests.test_ingest_dagster import HEADER_C, c_rows
 from tests.test_mapping import land
@@ -22,7 +22,7 @@ def test_an_ingested_day_brings_its_features_and_labels_and_a_first_training(hom
     assert first.total_requested == 0  # nothing landed, nothing to do
 
     land(home, "operator_c", "a.csv", HEADER_C + c_rows("2026-11-03", 200, "x"))
-    add_days(instance, ["2026-11-03"])
+    add_data_partitions(instance, ["operator_c"], ["2026-11-03"])
     ingest = materialize(
         ingest_assets,
         partition_key=operator_day("operator_c", "2026-11-03"),

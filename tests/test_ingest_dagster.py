@@ -11,7 +11,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 
 from resources import default_resources
 from voicefw_assets.assets.ingest import ingest_assets
-from voicefw_assets.partitions import add_days, range_tags
+from voicefw_assets.partitions import add_data_partitions, range_tags
 from voicefw_assets.settings import REPO_ROOT
 
 from tests.test_mapping import asterisk_row, land
@@ -30,7 +30,7 @@ def c_rows(day: str, n: int, prefix: str) -> str:
 def run_ingest(operators: list[str], days: list[str]):
     """One run over the operator x day rectangle, as `voicefw materialize` and a UI backfill launch it."""
     instance = DagsterInstance.get()
-    add_days(instance, days)
+    add_data_partitions(instance, operators, days)
     return materialize(ingest_assets, tags=range_tags(operators, days), resources=default_resources(), instance=instance)
 
 
@@ -63,7 +63,7 @@ def test_two_concurrent_runs_on_different_partitions_both_succeed(home):
     land(home, "operator_c", "d1.csv", HEADER_C + c_rows("2026-11-01", 5000, "p"))
     land(home, "operator_c", "d2.csv", HEADER_C + c_rows("2026-11-02", 5000, "q"))
     env = {**os.environ}
-    add_days(DagsterInstance.get(), ["2026-11-01", "2026-11-02"])  # an existing instance that knows the days
+    add_data_partitions(DagsterInstance.get(), ["operator_c"], ["2026-11-01", "2026-11-02"])  # an instance that knows them
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "voicefw_assets.definitions",

@@ -69,8 +69,8 @@ def test_docker_dagster_yaml_stores_runs_and_events_in_postgres(pg_instance, pos
     assert [k.asset_key.to_user_string() for k in feed_check.asset_check_keys] == ["landing/operator_c"]
     assert request.tags["dagster/asset_partition_range_start"] == "2026-11-01|operator_c"
     assert request.tags["dagster/asset_partition_range_end"] == "2026-11-02|operator_c"
-    (add_days,) = tick.dynamic_partitions_requests
-    instance.add_dynamic_partitions(add_days.partitions_def_name, list(add_days.partition_keys))  # what the daemon does
+    for add in tick.dynamic_partitions_requests:  # the operator and the days, as the daemon adds them
+        instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
     keys = ["2026-11-01|operator_c", "2026-11-02|operator_c"]
 
     # the run it requests, executed as the daemon would launch it

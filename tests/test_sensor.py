@@ -17,7 +17,7 @@ from resources.landing import LandingZone
 from resources.warehouse import Warehouse
 from sensors import cdr_drop_sensor
 from sensors.cdr_drop import Cursor, build_cdr_drop_sensor
-from voicefw_assets.partitions import operator_partitions, split_operator_day
+from voicefw_assets.partitions import LOADED_OPERATORS, split_operator_day
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEADER = "call_id,time_start,time_connect,time_end,src_number,dst_number,orig_gw,term_gw,sip_code,q850_cause,disconnect_initiator,duration,ring_ms\n"
@@ -49,7 +49,7 @@ def covered(request) -> list[str]:
     if request.partition_key is not None:
         return [str(request.partition_key)]
     (op0, d0), (op1, d1) = (split_operator_day(request.tags[f"dagster/asset_partition_range_{end}"]) for end in ("start", "end"))
-    ops = [o for o in operator_partitions.get_partition_keys() if op0 <= o <= op1]
+    ops = [o for o in sorted(LOADED_OPERATORS) if op0 <= o <= op1]
     return [f"{d0 + timedelta(days=i)}|{o}" for i in range((d1 - d0).days + 1) for o in ops]
 
 
@@ -80,7 +80,8 @@ def test_backlog_of_10000_files_is_worked_off_in_capped_ticks(home):
         assert len(c1.at_arrival) == 1
         # one run for the tick: the three days of operator_c are one partition range
         assert len(ingest(first)) == 1 and ingest(first)[0].tags["voicefw/files"] == "100"
-        assert sorted(first.dynamic_partitions_requests[0].partition_keys) == days
+        assert {r.partitions_def_name: sorted(r.partition_keys) for r in first.dynamic_partitions_requests} == {
+            "cdr_operators": ["operator_c"], "cdr_days": days}
 
         t0 = time.perf_counter()
         second = tick(sensor, instance, first.cursor)
@@ -167,14 +168,14 @@ def test_unknown_operator_and_bad_files_are_quarantined_with_a_reason(home):
 
 
 def test_requested_partitions_exist_once_the_tick_adds_its_days(home):
-    """The days are dynamic partitions: the tick that requests a run adds its new days."""
+    """Operators and days are dynamic partitions: the tick that requests a run adds its new ones."""
     from voicefw_assets.partitions import cdr_partitions
 
     drop(home, "operator_c", "a.csv", HEADER + cdr_line("p1", "2026-11-03"), BASE_NS)
     with instance_for_test() as instance:
         result = tick(cdr_drop_sensor, instance, None)
-        (add,) = result.dynamic_partitions_requests
-        instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
+        for add in result.dynamic_partitions_requests:  # the operator and the day
+            instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
         keys = [r.partition_key for r in ingest(result)]
         assert keys and set(map(str, keys)) <= set(cdr_partitions.get_partition_keys(dynamic_partitions_store=instance))
         assert ingest(result)[0].partition_key.keys_by_dimension == {"operator": "operator_c", "date": "2026-11-03"}

@@ -58,7 +58,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from voicefw_assets.definitions import defs
     from voicefw_assets.instance import owner_tags, sweep_dead_runs
     from voicefw_assets.launch import PlannedRun, landed, plan_runs, run_all
-    from voicefw_assets.partitions import add_days, cdr_days
+    from voicefw_assets.partitions import add_data_partitions, cdr_days, cdr_operators
 
     instance = DagsterInstance.get()
     sweep_dead_runs(instance)
@@ -84,8 +84,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         return 1
     for op, newest in look.newest.items():
         instance.report_runless_asset_event(feed_observation(op, newest.path.name, newest.arrived_ns, look.files[op]))
-    add_days(instance, {d for _, d in cells})
-    plan = plan_runs(defs, args.select, cells, list(instance.get_dynamic_partitions(cdr_days.name)))
+    add_data_partitions(instance, operators={op for op, _ in cells}, days={d for _, d in cells})
+    order = [list(instance.get_dynamic_partitions(p.name)) for p in (cdr_operators, cdr_days)]
+    plan = plan_runs(defs, args.select, cells, *order)
     if not args.select:
         plan.append(PlannedRun([], [], checks=[k for c in feed_freshness_checks for k in c.check_keys]))
     failed = run_all(plan, defs, instance, owner_tags(), args.log_level)
@@ -174,10 +175,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     bin_dir = Path(sys.executable).parent
     ui = [str(bin_dir / "dg"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "--host", args.host, "--port", str(args.ui_port),
           "--log-level", args.log_level]
+    # Ctrl-C, a TERM, a hang-up: the same clean stop. Handlers (not an inherited "ignore", as in a
+    # background job) also mean the children start with default signal handling.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     procs = [
-        # the UI process holds the lock too: while it lives, no other `voicefw up` sweeps its runs
-        subprocess.Popen(ui, pass_fds=(lock_fd,)),
-        subprocess.Popen([str(bin_dir / "voicefw"), "serve", "--host", args.host, "--port", str(args.port)]),
+        # each in its own process group, stopped as a group; the UI process holds the lock too:
+        # while it lives, no other `voicefw up` sweeps its runs
+        subprocess.Popen(ui, pass_fds=(lock_fd,), start_new_session=True),
+        subprocess.Popen([str(bin_dir / "voicefw"), "serve", "--host", args.host, "--port", str(args.port)], start_new_session=True),
     ]
     print(f"Dagster UI: http://{args.host}:{args.ui_port}   scoring: http://{args.host}:{args.port}/schema   (Ctrl-C stops both)")
     try:
@@ -186,15 +193,27 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+            _signal_group(p, signal.SIGINT)
         for p in procs:
             try:
-                p.wait(timeout=20)
+                p.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                p.kill()
+                pass
+            _signal_group(p, signal.SIGKILL)  # whatever of the group still runs (webserver, daemon, code server)
     return max((p.returncode or 0) for p in procs)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

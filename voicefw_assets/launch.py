@@ -28,7 +28,7 @@ from dagster import (
     define_asset_job,
 )
 
-from voicefw_assets.partitions import consecutive, operator_partitions, range_tags, rectangles
+from voicefw_assets.partitions import consecutive, range_tags, rectangles
 
 JOB_NAME = "__ephemeral_asset_job__"  # the name `dagster.materialize` gives its runs: ad-hoc asset runs in the UI
 LAUNCHED_BY = {"voicefw/launched_by": "voicefw materialize"}
@@ -60,9 +60,10 @@ def _single_run(graph, keys) -> bool:
     return all(p is not None and p.max_partitions_per_run is None for p in policies)  # BackfillPolicy.single_run()
 
 
-def plan_runs(defs: Definitions, selection: str | None, cells: set[tuple[str, date]], day_order: list[str]) -> list[PlannedRun]:
+def plan_runs(defs: Definitions, selection: str | None, cells: set[tuple[str, date]], operator_order: list[str],
+              day_order: list[str]) -> list[PlannedRun]:
     """The runs for the selection (Dagster's selection syntax, default everything) over the
-    operator-days in `cells`; `day_order` is the order of the day partitions (dynamic: insertion)."""
+    operator-days in `cells`; the orders are those of the (dynamic) partition keys."""
     graph = defs.resolve_asset_graph()
     keys = set(graph.materializable_asset_keys)
     if selection:
@@ -88,7 +89,7 @@ def plan_runs(defs: Definitions, selection: str | None, cells: set[tuple[str, da
             plan.append(PlannedRun(group, []))
         elif isinstance(pdef, MultiPartitionsDefinition):
             if single:
-                for ops, ds in rectangles(str_cells, operator_partitions.get_partition_keys(), day_order):
+                for ops, ds in rectangles(str_cells, operator_order, day_order):
                     covered = [f"{d}|{op}" for d in ds for op in ops]
                     tags = range_tags(ops, ds)
                     if len(covered) == 1:

@@ -1,9 +1,10 @@
 """Partitions: operator x UTC day for CDR tables, UTC day for everything across operators.
 
-The days are a dynamic partitions definition: a day exists once a landed file has a call on it
-(`cdr_drop_sensor` and `voicefw materialize` add it before they launch runs), so the UI shows the
-data's days as the partition axis, full when everything is materialized, instead of a calendar
-from a fixed start date to today in which three days of data are "9 / 996".
+Both dimensions are dynamic partitions definitions: an operator and a day exist once a landed file
+brings a call of that operator on that day (`cdr_drop_sensor` and `voicefw materialize` add them
+before they launch runs). So the UI's partition axes are the data's operators and days, full when
+everything is materialized, instead of a calendar from a fixed start date to today ("9 / 996" for
+three days of data) times every configured operator, including those that never sent a file.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import date
 
-from dagster import DagsterInstance, DynamicPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition, StaticPartitionsDefinition
+from dagster import DagsterInstance, DynamicPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition
 
 from voicefw_assets.operators import operator_configs
 
 cdr_days = DynamicPartitionsDefinition(name="cdr_days")
+cdr_operators = DynamicPartitionsDefinition(name="cdr_operators")
 daily_partitions = cdr_days  # features, labels, scores: one partition per day with landed data
-operator_partitions = StaticPartitionsDefinition(sorted(operator_configs()))
-cdr_partitions = MultiPartitionsDefinition({"operator": operator_partitions, "date": cdr_days})
+cdr_partitions = MultiPartitionsDefinition({"operator": cdr_operators, "date": cdr_days})
+# operators whose configs this code location loaded: a config added later waits for a reload
+LOADED_OPERATORS = frozenset(operator_configs())
 
 
 def operator_day(operator: str, day: date | str) -> MultiPartitionKey:
@@ -30,18 +33,21 @@ def split_operator_day(key: str | MultiPartitionKey) -> tuple[str, date]:
     return dims["operator"], date.fromisoformat(dims["date"])
 
 
-def missing_days(instance: DagsterInstance, days: Iterable[date]) -> list[str]:
-    """Days not yet in `cdr_days`, sorted (the UI lists dynamic partitions in insertion order)."""
-    known = set(instance.get_dynamic_partitions(cdr_days.name))
-    return sorted({str(d) for d in days} - known)
+def missing(instance: DagsterInstance, pdef: DynamicPartitionsDefinition, keys: Iterable) -> list[str]:
+    """Keys not yet in a dynamic partitions definition, sorted (the UI lists them in insertion order)."""
+    return sorted({str(k) for k in keys} - set(instance.get_dynamic_partitions(pdef.name)))
 
 
-def add_days(instance: DagsterInstance, days: Iterable[date]) -> list[str]:
-    """Register the days of landed data as partitions; returns the ones that were new."""
-    new = missing_days(instance, days)
-    if new:
-        instance.add_dynamic_partitions(cdr_days.name, new)
-    return new
+def add_data_partitions(instance: DagsterInstance, operators: Iterable[str] = (), days: Iterable[date | str] = ()) -> None:
+    """Register the operators and days of landed data as partitions (what the sensor does in its tick)."""
+    for pdef, keys in ((cdr_operators, operators), (cdr_days, days)):
+        new = missing(instance, pdef, keys)
+        if new:
+            instance.add_dynamic_partitions(pdef.name, new)
+
+
+def add_days(instance: DagsterInstance, days: Iterable[date | str]) -> None:
+    add_data_partitions(instance, days=days)
 
 
 def consecutive(items: list[str], order: list[str]) -> list[list[str]]:
