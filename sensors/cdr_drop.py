@@ -38,6 +38,7 @@ import json
 import os
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -181,10 +182,13 @@ def plan_tick(
     max_runs: float = float("inf"),
     max_peeks: float = float("inf"),
     time_budget_s: float = float("inf"),
+    decided: dict[str, FileDecision] | None = None,
 ) -> TickPlan:
     """Handle new files oldest first until a cap is hit; the cursor covers exactly what was handled.
-    `ingested`: fingerprint -> days of the files the warehouse already has (no peek, no run)."""
+    `ingested`: fingerprint -> days of the files the warehouse already has (no peek, no run);
+    `decided`: decisions already taken (peek_all), by fingerprint."""
     configs = operator_configs()
+    decided = decided or {}
     deadline = time.monotonic() + time_budget_s
     for i, (f, reason) in enumerate(new):
         if reason is None and f.fingerprint in ingested:
@@ -206,7 +210,7 @@ def plan_tick(
         if to_peek:
             plan.peeked += 1
             try:
-                decision = decide_listed(f, configs[f.operator]) or peek_file(configs[f.operator], f, landing.landing_dir)
+                decision = decided.get(f.fingerprint) or decide(landing, configs[f.operator], f)
             except FileNotFoundError:  # gone since the listing (deleted, or quarantined by another process)
                 plan.cursor.advance(f)
                 continue
@@ -236,6 +240,29 @@ def plan_tick(
             _quarantine(landing, f, reason, plan)
         plan.cursor.advance(f)
     return plan
+
+
+def decide(landing: LandingZone, config, f: LandedFile) -> FileDecision:
+    """Registration's decision for one file, its bytes read (and mapped in memory) if need be."""
+    return decide_listed(f, config) or peek_file(config, f, landing.landing_dir)
+
+
+def peek_all(landing: LandingZone, new: list[tuple[LandedFile, str | None]], ingested: dict[str, frozenset[date]],
+             workers: int) -> dict[str, FileDecision]:
+    """Decisions for every new file that must be read, `workers` files at a time (`voicefw
+    materialize`, before any run starts; a sensor tick reads one file after the other, under its caps).
+    A file that cannot be decided here is left to plan_tick, which says why."""
+    configs = operator_configs()
+    todo = [f for f, reason in new if reason is None and f.size > 0 and f.fingerprint not in ingested]
+
+    def one(f: LandedFile) -> tuple[str, FileDecision | None]:
+        try:
+            return f.fingerprint, decide(landing, configs[f.operator], f)
+        except OSError:
+            return f.fingerprint, None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return {fp: d for fp, d in pool.map(one, todo) if d is not None}
 
 
 def ingest_requests(plan: TickPlan, operator_order: list[str], day_order: list[str]) -> list[RunRequest]:

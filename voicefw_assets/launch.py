@@ -11,6 +11,8 @@ one more line per failed check or step, without a stack trace for an expected fa
 
 from __future__ import annotations
 
+import os
+
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -202,7 +204,7 @@ def landed(landing, warehouse):
     """Every file in landing, decided the way the drop sensor decides (sensors/cdr_drop.py, same
     quarantine rules), without its cursor or caps: the operator-days to run, including those of
     files the warehouse already has (`voicefw materialize` re-derives them; it is idempotent)."""
-    from sensors.cdr_drop import Cursor, new_files, plan_tick
+    from sensors.cdr_drop import Cursor, new_files, peek_all, plan_tick
     from sensors.ingested import already_ingested, read_registry
 
     new, plan = new_files(landing, Cursor())
@@ -210,4 +212,7 @@ def landed(landing, warehouse):
     if warehouse.file.exists():
         with warehouse.connect() as con:  # waits while another run writes
             registry = read_registry(con)
-    return plan_tick(landing, plan, new, already_ingested([f for f, why in new if why is None], registry))
+    ingested = already_ingested([f for f, why in new if why is None], registry)
+    # no run is going yet: read the new files a core each (each peek itself on one thread)
+    decided = peek_all(landing, new, ingested, workers=os.cpu_count() or 1)
+    return plan_tick(landing, plan, new, ingested, decided=decided)

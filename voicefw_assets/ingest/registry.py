@@ -22,6 +22,7 @@ mid-way is skipped (a later run sees it), never an error for the other files.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -180,8 +181,9 @@ class _Batch:
     deleted again; `commit` summarizes the batch and records the manifest before the COMMIT. Rows
     are appended in batch order, so zone maps keep every `WHERE batch = ?` to this batch's rows."""
 
-    def __init__(self, con, config: OperatorConfig, table: str, day_range):
+    def __init__(self, con, config: OperatorConfig, table: str, day_range, columns: tuple[str, ...] | None = None):
         self.con, self.config, self.table, self.day_range = con, config, table, day_range
+        self.columns = columns  # only these staging columns (a peek needs the days, not the values)
         self.id = time.time_ns()  # increases run after run (one writer at a time)
         self.layouts: list[Layout] = []
         self.outcomes: list[FileOutcome] = []
@@ -233,8 +235,10 @@ class _Batch:
         try:
             t0 = time.perf_counter()
             select = staging_select(self.config, self.layouts, "__vf_lines", defects, self.day_range)
-            self.con.execute(f"INSERT INTO {self.table} BY NAME SELECT {lit(self.config.name)} AS operator, {self.id} AS batch, *"
-                             f" FROM ({select})")
+            rows = f"SELECT {lit(self.config.name)} AS operator, {self.id} AS batch, * FROM ({select})"
+            if self.columns:  # DuckDB then computes only what these columns need
+                rows = f"SELECT {', '.join(self.columns)} FROM ({rows})"
+            self.con.execute(f"INSERT INTO {self.table} BY NAME {rows}")
             TIMINGS["map lines (SQL)"] += time.perf_counter() - t0
         except BaseException:
             self.rollback()
@@ -283,6 +287,7 @@ def read_files(
     table: str,
     known_sha: dict[str, str] | None = None,
     on_batch: Callable[[list[FileOutcome]], None] | None = None,
+    columns: tuple[str, ...] | None = None,
 ) -> list[FileOutcome]:
     """Read and map `files` into `table` (staging layout). `on_batch` runs inside the transaction
     that moves each batch's rows in (to record them in the manifest). Returns one outcome per file;
@@ -291,7 +296,7 @@ def read_files(
     known_sha = dict(known_sha or {})  # path -> sha256 of loaded files, for duplicates
     hdr = header_lines(config)
     outcomes: list[FileOutcome] = []
-    batch = _Batch(con, config, table, day_range)
+    batch = _Batch(con, config, table, day_range, columns)
     for f in files:
         out = FileOutcome(f, "ingest")
         file_idx = len(batch.layouts)
@@ -346,7 +351,7 @@ def read_files(
         if batch.bytes > BATCH_BYTES or batch.inserted:
             batch.commit(on_batch)
             outcomes.extend(batch.outcomes)
-            batch = _Batch(con, config, table, day_range)
+            batch = _Batch(con, config, table, day_range, columns)
     batch.commit(on_batch)
     outcomes.extend(batch.outcomes)
     return outcomes
@@ -474,25 +479,32 @@ def survey_landing(
 
 
 _PEEK_CON: duckdb.DuckDBPyConnection | None = None
+_PEEK_LOCK = threading.Lock()
 
 
 def _peek_connection() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB for peeks; each peek takes its own cursor (the CLI peeks files in parallel)."""
     global _PEEK_CON
-    if _PEEK_CON is None:
-        con = duckdb.connect()
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET threads = 1")  # a sensor tick shares the machine with the runs
-        ensure_e164_table(con)
-        _PEEK_CON = con
+    with _PEEK_LOCK:
+        if _PEEK_CON is None:
+            con = duckdb.connect()
+            con.execute("SET TimeZone = 'UTC'")
+            con.execute("SET threads = 1")  # a sensor tick shares the machine with the runs
+            ensure_e164_table(con)
+            _PEEK_CON = con
     return _PEEK_CON
+
+
+# what a peek keeps of each line: enough for the decision and the days (the same rows, not the values)
+PEEK_COLUMNS = ("operator", "batch", "source_file", "partition_date")
 
 
 def peek_file(config: OperatorConfig, f: LandedFile, landing_root: Path) -> FileDecision:
     """Read and map one file in memory: the decision registration would take (but duplicates)."""
     con = _peek_connection().cursor()
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE __vf_peek ({', '.join(f'{c} {t}' for c, t in STAGING_COLUMNS.items())})")
-        [out] = read_files(con, config, [f], landing_root, "__vf_peek")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE __vf_peek ({', '.join(f'{c} {STAGING_COLUMNS[c]}' for c in PEEK_COLUMNS)})")
+        [out] = read_files(con, config, [f], landing_root, "__vf_peek", columns=PEEK_COLUMNS)
         return FileDecision(f, out.action, out.reason, frozenset(out.days))
     finally:
         con.execute("DROP TABLE IF EXISTS __vf_peek")
