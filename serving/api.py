@@ -7,6 +7,7 @@ structs (schemas.openapi_schemas), with every status a route can answer.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -91,6 +92,9 @@ def create_app(settings: ServingSettings | None = None, *, poll: bool = True, se
                ) -> MetricsMiddleware:
     """The ASGI app: the shortcut and Litestar, wrapped in the metrics middleware (so 404s and errors
     are counted too). `poll=False` leaves model loading to the caller (`app.service.registry.load(path)`)."""
+    # Litestar's logging config sends INFO to the console; the Dagster instance's storage check
+    # (alembic, SQLite/PostgreSQL migrations) would then print a dozen lines at every start
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = settings or ServingSettings.from_env()
     service = service or ScoringService(settings)
     admission = Admission(settings, service.requests, service.readable)
