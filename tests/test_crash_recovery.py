@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from voicefw_assets.settings import REPO_ROOT
 from voicefw_assets.simulate import simulate
@@ -55,6 +55,12 @@ def run_started(instance: DagsterInstance) -> bool:
     return any(r.status == DagsterRunStatus.STARTED for r in instance.get_runs())
 
 
+def step_started(instance: DagsterInstance) -> bool:
+    """A started run whose ingest step has begun (its STEP_START event is in the log)."""
+    return any(instance.all_logs(r.run_id, of_type=DagsterEventType.STEP_START)
+               for r in instance.get_runs() if r.status == DagsterRunStatus.STARTED)
+
+
 @pytest.mark.timeout(400)
 def test_sigkill_mid_ingest_then_a_rerun_gives_the_tables_of_a_clean_run(home, tmp_path):
     staging = tmp_path / "staging"
@@ -75,16 +81,18 @@ def test_sigkill_mid_ingest_then_a_rerun_gives_the_tables_of_a_clean_run(home, t
     fresh()
     instance = DagsterInstance.get()
     # kill while the CLI reads the registry, right after its run started, and deep inside the step
-    for killed_when in ("warehouse held", "run started", "run started + 1.5 s"):
+    for killed_when in ("warehouse held", "run started", "step started + 0.2 s"):
         proc = subprocess.Popen([VOICEFW, *INGEST], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         deadline = time.monotonic() + 120
-        ready = (lambda: warehouse_held(home)) if killed_when == "warehouse held" else (lambda: run_started(instance) and warehouse_held(home))
+        ready = {"warehouse held": lambda: warehouse_held(home),
+                 "run started": lambda: run_started(instance) and warehouse_held(home),
+                 "step started + 0.2 s": lambda: step_started(instance)}[killed_when]
         while not ready() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert proc.poll() is None, f"finished before it could be killed ({killed_when})"
-        if killed_when.endswith("1.5 s"):
-            time.sleep(1.5)
+        if killed_when.endswith("0.2 s"):
+            time.sleep(0.2)  # inside the step that holds the warehouse (one run ingests every operator-day)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     killed = [r.run_id for r in instance.get_runs() if not r.is_finished]

@@ -21,12 +21,18 @@ from voicefw_assets.partitions import cdr_partitions, daily_partitions
 from voicefw_assets.settings import REPO_ROOT
 from voicefw_assets.simulate import simulate
 
+from tests.test_ingest_dagster import HEADER_C, c_rows
+from tests.test_mapping import land
+
 VOICEFW = str(REPO_ROOT / ".venv" / "bin" / "voicefw")
 
 
 @pytest.mark.timeout(400)
 def test_materialize_then_nothing_left_to_do(home, tmp_path, monkeypatch):
     simulate(home, days=3, calls_per_day=1500, seed=9)
+    # a fourth day that only operator_c sent calls for: the other operators' 2026-11-04 are 0-row
+    # materializations ("nothing landed"), not grey gaps in the UI's operator x day grid
+    land(home, "operator_c", "late_20261104.csv", HEADER_C + c_rows("2026-11-04", 50, "late"))
     gate = tmp_path / "model_config.yaml"
     gate.write_text("gates: {min_pr_auc: 1.01}\n")  # no candidate can pass this
     monkeypatch.setenv("VOICEFW_MODEL_CONFIG", str(gate))
@@ -35,19 +41,19 @@ def test_materialize_then_nothing_left_to_do(home, tmp_path, monkeypatch):
     text = out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert out.returncode == (1 if any(" failed: " in l or "-> not run" in l for l in lines) else 0), text
-    assert any("raw_cdrs,mapped_cdrs,rejected_cdrs 2026-11-01|operator_a...2026-11-03|operator_c (9 partitions) -> ok" in l for l in lines), text
+    assert any("raw_cdrs,mapped_cdrs,rejected_cdrs 2026-11-01|operator_a...2026-11-04|operator_c (12 partitions) -> ok" in l for l in lines), text
     # the gate's verdict in one line with its reasons (a blocking failure, or a warning when the old model serves on)
     gate_lines = [l for l in lines if "check flash_call_model:quality_gate" in l]
     assert len(gate_lines) == 1 and ("failed: " in gate_lines[0] or "warns: " in gate_lines[0]) and "1.01" in gate_lines[0], text
     assert "Traceback" not in text and "DagsterAssetCheckFailedError" not in text, text
-    assert sum(" -> " in l for l in lines) == 9  # ingest 1, features 3, model 1, scores 3, feed checks 1
+    assert sum(" -> " in l for l in lines) == 11  # ingest 1, features 4, model 1, scores 4, feed checks 1
     assert "runs in" in lines[-2] and "quarantined" in text
 
     instance = DagsterInstance.get()
     days = instance.get_dynamic_partitions(daily_partitions.name)
-    assert days == ["2026-11-01", "2026-11-02", "2026-11-03"]  # the data's days, nothing else
+    assert days == ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]  # the data's days, nothing else
     keys = cdr_partitions.get_partition_keys(dynamic_partitions_store=instance)
-    assert len(keys) == 9  # the operators that sent files (not every configured one) x their days
+    assert len(keys) == 12  # the operators that sent files (not every configured one) x the data's days
     for asset, pdef, partition_keys in (("mapped_cdrs", cdr_partitions, keys), ("call_features", daily_partitions, days)):
         status = instance.get_status_by_partition(AssetKey(asset), partition_keys=partition_keys, partitions_def=pdef)
         assert set(status.values()) == {AssetPartitionStatus.MATERIALIZED} and len(status) == len(partition_keys), (asset, status)

@@ -82,6 +82,10 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     if not cells:
         print(f"nothing landed under {paths().landing} (run `voicefw simulate` or drop CDR files there)")
         return 1
+    # every operator x day of the partitions, also an operator's day without a call (a 0-row
+    # materialization that says "nothing landed", not a grey gap in the UI); one run then covers
+    # all operators with the same days
+    cells = {(op, d) for op in {op for op, _ in cells} for d in {d for _, d in cells}}
     for op, newest in look.newest.items():
         instance.report_runless_asset_event(feed_observation(op, newest.path.name, newest.arrived_ns, look.files[op]))
     add_data_partitions(instance, operators={op for op, _ in cells}, days={d for _, d in cells})
