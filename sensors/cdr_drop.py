@@ -23,8 +23,8 @@ ticks instead of timing out one (ticks time out after 60 s).
 - a folder whose operator_configs/<name>.yaml exists but is newer than the loaded code location
   waits (its watermark stays put, the skip reason asks for a reload); the other folders go on.
 - each new file gets the decision registration would take (voicefw_assets.ingest: decide_listed,
-  peek_file): a folder without operator_configs/<name>.yaml, a file the config's patterns do not
-  claim, a symlink or special file, a file that cannot be read, or one with no call on a partition
+  peek_file): a folder without operator_configs/<name>.yaml, a file at the top of landing/ (in no
+  operator folder), a file the config's patterns do not claim, a symlink or special file, a file that cannot be read, or one with no call on a partition
   day is quarantined with a reason (never silently ignored); empty and header-only files stay in
   landing; a file modified within VOICEFW_SETTLE_S waits, and so do the files that arrived after it
   in its folder (the cursor does not pass it).
@@ -59,7 +59,7 @@ from sensors.ingested import already_ingested, read_registry
 from voicefw_assets.assets.ingest import ingest_job
 from voicefw_assets.assets.feeds import feed_check_job, feed_freshness_checks, feed_key, feed_observation, max_silence
 from voicefw_assets.ingest import FileDecision, decide_listed, peek_file
-from voicefw_assets.ingest.registry import unknown_operator_reason, unmatched_reason
+from voicefw_assets.ingest.registry import STRAY_REASON, quarantine_file, stray_files, unknown_operator_reason, unmatched_reason
 from voicefw_assets.operators import operator_configs
 from voicefw_assets.partitions import LOADED_OPERATORS, cdr_days, cdr_operators, operator_day, range_tags, rectangles
 from voicefw_assets.settings import operator_config_dir
@@ -137,10 +137,7 @@ class TickPlan:
 
 
 def _quarantine(landing: LandingZone, f: LandedFile, reason: str, plan: TickPlan) -> None:
-    try:
-        landing.quarantine(f.path, reason, f.operator)
-    except FileNotFoundError:  # moved meanwhile (another process quarantined it): nothing left to do
-        pass
+    quarantine_file(landing, f, reason)  # a file another process moved meanwhile is skipped
     plan.quarantined[str(f.path)] = reason
 
 
@@ -170,6 +167,7 @@ def new_files(landing: LandingZone, cursor: Cursor) -> tuple[list[tuple[LandedFi
         new += [(f, None) for f in claimed if cursor.is_new(f)]
         reason = unmatched_reason(config)
         new += [(f, reason) for f in landing.list_files(operator) if f.path not in claimed_paths and cursor.is_new(f)]
+    new += [(f, STRAY_REASON) for f in stray_files(landing) if cursor.is_new(f)]  # files at the top of landing/
     new.sort(key=lambda item: (item[0].arrived_ns, str(item[0].path)))
     return new, plan
 

@@ -77,17 +77,19 @@ def hostile_files(landing: Path, outside: Path) -> dict[str, str]:
     return fates
 
 
-def run_all(con, landing: LandingZone) -> dict:
-    """What the sensor/CLI and the runs do: survey (quarantines unknown folders), then register and map."""
-    survey = survey_landing(landing, operator_configs())
-    survey.apply_quarantine(landing)
+def run_all(con, landing: LandingZone) -> None:
+    """What `voicefw materialize` and the runs do: decide every landed file as the drop sensor does
+    (launch.landed: quarantines unknown folders, stray files, links...), then register and map."""
+    from resources.warehouse import Warehouse
+    from voicefw_assets.launch import landed
+
+    landed(landing, Warehouse())
     for op, config in operator_configs().items():
         sync_landing(con, config, landing)
         days = landed_days(con, op)
         map_partitions(con, config, days)
         for day, checks in partition_checks(con, op, days).items():
             assert all(c.passed for c in checks.values()), (op, day, {k: v.metadata for k, v in checks.items() if not v.passed})
-    return {d.file.path.name: d.action for d in survey.decisions}
 
 
 def mapped_by_call(con, files: set[str] | None = None) -> dict:

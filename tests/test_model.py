@@ -20,7 +20,7 @@ from tests.test_features import batch_features, make_mapped_cdrs, online_feature
 from voicefw_assets.model_bundle import BundleError, contributions, feature_row, load_bundle, score_matrix, verify_bundle
 from voicefw_assets.model_config import load_model_config
 from voicefw_assets.online_features import OnlineHistory
-from voicefw_assets.partitions import add_days, cdr_partitions
+from voicefw_assets.partitions import add_data_partitions, cdr_partitions
 from voicefw_assets.settings import paths
 
 warnings.filterwarnings("ignore", category=Warning, module="dagster")
@@ -36,7 +36,7 @@ def _resources():
 
 
 def _build_days(instance, days):
-    add_days(instance, days)  # the day partitions are dynamic: they exist once data for them landed
+    add_data_partitions(instance, days=days)  # the day partitions are dynamic: they exist once data for them landed
     for day in days:
         r = materialize([MAPPED, M.call_features, M.call_labels], selection=[M.call_features, M.call_labels],
                         partition_key=day, resources=_resources(), instance=instance)
@@ -171,7 +171,7 @@ def test_fresh_install_serves_the_velocity_rules(chain, tmp_path, monkeypatch):
     cfg.write_text("gates: {min_recall_at_p99: 1.01}\n")
     monkeypatch.setenv("VOICEFW_MODEL_CONFIG", str(cfg))
     with instance_for_test() as fresh:
-        add_days(fresh, DAYS)  # a fresh instance knows no day until data for it landed
+        add_data_partitions(fresh, days=DAYS)  # a fresh instance knows no day until data for it landed
         result = _promote(fresh)
         assert result.success
         gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "quality_gate")

@@ -46,10 +46,6 @@ def add_data_partitions(instance: DagsterInstance, operators: Iterable[str] = ()
             instance.add_dynamic_partitions(pdef.name, new)
 
 
-def add_days(instance: DagsterInstance, days: Iterable[date | str]) -> None:
-    add_data_partitions(instance, days=days)
-
-
 def consecutive(items: list[str], order: list[str]) -> list[list[str]]:
     """Split items into runs that are consecutive in `order`."""
     pos = {k: i for i, k in enumerate(order)}

@@ -438,6 +438,21 @@ def quarantine_file(landing: LandingZone, f: LandedFile, reason: str, log=None) 
     return True
 
 
+STRAY_REASON = "not inside an operator folder (landing/<operator>/<file>)"
+
+
+def stray_files(landing: LandingZone) -> list[LandedFile]:
+    """What sits in landing/ outside any operator folder, as files of no operator (to quarantine)."""
+    out = []
+    for path in landing.stray_entries():
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:  # gone since the listing
+            continue
+        out.append(LandedFile("", path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, "symlink" if os.path.islink(path) else "file"))
+    return out
+
+
 def survey_landing(
     landing: LandingZone,
     configs: dict[str, OperatorConfig],
@@ -454,17 +469,13 @@ def survey_landing(
     for op in landing.operators_present():
         config = configs.get(op)
         entries += [(f, config) for f in landing.list_files(op) if is_new(f)]
-    for path in landing.stray_entries():
-        st = os.lstat(path)
-        f = LandedFile("", path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, "file" if not os.path.islink(path) else "symlink")
-        if is_new(f):
-            entries.append((f, None))
+    entries += [(f, None) for f in stray_files(landing) if is_new(f)]
     entries.sort(key=lambda e: (e[0].arrived_ns, str(e[0].path)))
     survey = Survey()
     peeks = 0
     for i, (f, config) in enumerate(entries):
         if f.operator == "":
-            survey.decisions.append(FileDecision(f, "quarantine", "not inside an operator folder (landing/<operator>/<file>)"))
+            survey.decisions.append(FileDecision(f, "quarantine", STRAY_REASON))
             continue
         decision = decide_listed(f, config, known)
         if decision is None:
